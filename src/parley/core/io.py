@@ -1,0 +1,118 @@
+"""The core's inputs and outputs.  The runtime feeds inputs to `Session.handle` and carries out
+the outputs in order: it sends `Send` events, runs `StartResponse` pipelines, cancels on
+`StopResponse`, and so on.  Everything here is plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..engines.llm import ChatRequest, Usage
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """A server event, ready to serialise (dialect already applied)."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResponsePlan:
+    """How the runtime should produce a response: the model request, and for audio the voice,
+    speed and wire format of the speech."""
+
+    request: ChatRequest
+    modality: str  # "text" or "audio"
+    voice: str
+    speed: float
+    output_format: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StartResponse:
+    response_id: str
+    plan: ResponsePlan
+
+
+@dataclass(frozen=True)
+class StopResponse:
+    """Stop the response's model and speech work now; the core has already finished it."""
+
+    response_id: str
+
+
+@dataclass(frozen=True)
+class SessionChanged:
+    """The effective session changed (turn detection, formats, voice...)."""
+
+    session: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """Tokens a finished response used, for rate limits.  The runtime answers with
+    `rate_limits.updated`."""
+
+    response_id: str
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+Output = Send | StartResponse | StopResponse | SessionChanged | UsageReport | Close
+
+# ---- inputs from the runtime -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelText:
+    response_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ModelToolCall:
+    response_id: str
+    index: int
+    arguments: str = ""
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelAudio:
+    """A spoken chunk: audio in the response's output format, the words it speaks, and its
+    length in milliseconds."""
+
+    response_id: str
+    audio: bytes
+    transcript: str
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class ModelDone:
+    response_id: str
+    reason: str = "stop"
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class ModelFailed:
+    response_id: str
+    message: str
+    code: str = "engine_error"
+
+
+@dataclass(frozen=True)
+class Expired:
+    """The session reached `expires_at`."""
+
+
+RuntimeInput = ModelText | ModelToolCall | ModelAudio | ModelDone | ModelFailed | Expired
