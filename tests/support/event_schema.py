@@ -52,6 +52,11 @@ Quirks of the SDK unions (openai 3.52.0) - see also DOCUMENTED_EXTRAS below
   noise-reduction fields. Beta has no `conversation.item.added/done`; GA still has
   `conversation.item.created`.
 * Beta `response.function_call_arguments.done` has no `name` (sending it fails); GA requires it.
+* GA transcription sessions (`session.type == "transcription"`) allow only `type`, `include`
+  and `audio.input.{format, transcription, noise_reduction, turn_detection}` (no `model`, no
+  `audio.output`); their turn_detection takes the same fields as a realtime session's.
+* Beta `response` has `modalities/voice/output_audio_format/temperature` (not GA's
+  `audio/output_modalities`); beta usage has no `image_tokens`/`cached_tokens_details`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ llama.cpp loading and generation path without any downloaded weights.
     path = write_tiny_gguf(tmp_path / "tiny.gguf")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256)
 
-The model has 64 dimensions, 2 layers, a ~350-token SentencePiece-style vocabulary (special
+The model has 64 dimensions, 2 layers, a ~420-token SentencePiece-style vocabulary (special
 tokens, 256 byte-fallback tokens, single characters and a few words) and a ChatML chat
 template, so any text tokenizes and chat completions stream.  What it says is nonsense, but it is
 deterministic: the weights are seeded, and the output projection rows of the special tokens are
@@ -22,9 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+# ChatML, written so that llama-cpp-python does not recognise it as its built-in "chatml" format
+# (which adds an empty system turn): the model's own template is rendered with Jinja, as it is for
+# most real GGUF models.  Tools, when given, are listed in a system turn.
 CHATML_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\nTools: ' + (tools | tojson) + '<|im_end|>\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
@@ -59,7 +63,11 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     normal += [chr(c) for c in range(ord("A"), ord("Z") + 1)]
     normal += [str(d) for d in range(10)]
     normal += list(".,!?'-:;()\"")
-    normal += ["\u2581" + w for w in _WORDS]
+    # SentencePiece merges adjacent pieces only into pieces in the vocabulary, so a word needs all
+    # its prefixes: "▁h", "▁he", "▁hel", "▁hell", "▁hello".
+    for word in _WORDS:
+        piece = "\u2581" + word
+        normal += [piece[:n] for n in range(2, len(piece) + 1) if piece[:n] not in normal]
     tokens += normal
     types += [TokenType.NORMAL] * len(normal)
     # Longer pieces merge first; specials and bytes get score 0.
@@ -99,6 +107,7 @@ def write_tiny_gguf(path: str | os.PathLike[str], *, seed: int = 0) -> Path:
     writer.add_eos_token_id(im_end)
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(False)
     writer.add_chat_template(CHATML_TEMPLATE)
 
     rng = np.random.default_rng(seed)

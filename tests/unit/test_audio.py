@@ -98,7 +98,8 @@ def test_g711_rejects_non_int16() -> None:
 
 
 @pytest.mark.parametrize(
-    ("from_rate", "to_rate"), [(24000, 16000), (24000, 8000), (8000, 24000), (22050, 24000), (16000, 48000)]
+    ("from_rate", "to_rate"),
+    [(24000, 16000), (24000, 8000), (8000, 24000), (22050, 24000), (16000, 48000)],
 )
 def test_resample_keeps_frequency_and_length(from_rate: int, to_rate: int) -> None:
     x = sine(440.0, from_rate, 1.0)

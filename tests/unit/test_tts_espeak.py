@@ -142,7 +142,11 @@ def test_split_text_cuts_overlong_sentences_at_spaces() -> None:
     assert all(0 < len(p) <= 50 for p in pieces)
     assert " ".join(pieces).split() == text.split()
     assert split_text("One. Two! Three?", max_chars=5) == ["One.", "Two!", "Three?"]
-    assert split_text("Supercalifragilistic is long", max_chars=5) == ["Supercalifragilistic", "is", "long"]
+    assert split_text("Supercalifragilistic is long", max_chars=5) == [
+        "Supercalifragilistic",
+        "is",
+        "long",
+    ]
     assert split_text("One. Two! Three?") == ["One. Two! Three?"]
 
 

@@ -6,8 +6,9 @@ formant synthesiser: robotic, but small, dependency-free and fast (a few millise
 sentence), which makes it the default that needs nothing else and the voice of the tests.
 
 libespeak-ng keeps its state in globals and is not thread-safe, so one process-wide `_Espeak`
-owns it: every call runs under its lock, in a worker thread (`asyncio.to_thread`), so the event
-loop never blocks.  Long texts are cut at sentence ends and each piece is synthesised by itself,
+owns it: every call runs under its lock, in its own worker thread (a one-thread executor, so
+sessions waiting for espeak never tie up the loop's default executor), and the event loop never
+blocks.  Long texts are cut at sentence ends and each piece is synthesised by itself,
 which bounds the memory of one call, gives the first audio early, and lets concurrent sessions
 take turns on the lock.  Cancelling the consumer sets an abort flag that the synthesis callback
 returns to espeak, which stops within one buffer (60 ms of audio).
@@ -22,6 +23,7 @@ import math
 import re
 import threading
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from parley.engines.errors import EngineError
@@ -35,7 +37,7 @@ _ENDPAUSE = 0x1000
 _POS_CHARACTER = 1
 _PARAM_RATE = 1
 _RATE_MIN, _RATE_NORMAL, _RATE_MAX = 80, 175, 450
-_EE_OK, _EE_NOT_FOUND = 0, 2
+_EE_OK, _EE_BUFFER_FULL = 0, 1
 
 _SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
@@ -97,12 +99,17 @@ class _Espeak:
                 f"espeak_Initialize failed ({rate}); is espeak-ng-data installed?",
                 code="engine_unavailable",
             )
+        if lib.espeak_SetVoiceByName(b"en-us") != _EE_OK:
+            raise EngineError(
+                "espeak-ng has no en-us voice; is its data complete?", code="engine_unavailable"
+            )
         self.lib = lib
         self.sample_rate: int = rate
         self.lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
         self._chunks: list[bytes] = []
         self._abort: threading.Event | None = None
-        self._voice: str | None = None
+        self._voice: str | None = "en-us"
         self._callback = _SynthCallback(self._on_audio)  # keep a reference: C holds a pointer
         lib.espeak_SetSynthCallback(self._callback)
 
@@ -119,7 +126,9 @@ class _Espeak:
         abort = self._abort
         return 1 if abort is not None and abort.is_set() else 0
 
-    def synth(self, text: str, voice: str, rate: int, end_pause: bool, abort: threading.Event) -> bytes:
+    def synth(
+        self, text: str, voice: str, rate: int, end_pause: bool, abort: threading.Event
+    ) -> bytes:
         """Speak `text` to PCM16 bytes; blocking, returns early (partial audio) on `abort`."""
         encoded = text.replace("\0", " ").encode("utf-8") + b"\0"
         with self.lock:
@@ -134,12 +143,16 @@ class _Espeak:
             self._chunks, self._abort = [], abort
             flags = _CHARS_UTF8 | (_ENDPAUSE if end_pause else 0)
             try:
-                err = self.lib.espeak_Synth(encoded, len(encoded), 0, _POS_CHARACTER, 0, flags, None, None)
+                err = self.lib.espeak_Synth(
+                    encoded, len(encoded), 0, _POS_CHARACTER, 0, flags, None, None
+                )
                 audio = b"".join(self._chunks)
             finally:
                 self._chunks, self._abort = [], None
         if err != _EE_OK and not abort.is_set():
-            raise EngineError(f"espeak_Synth failed ({err})", code="tts_error", retryable=True)
+            raise EngineError(
+                f"espeak_Synth failed ({err})", code="tts_error", retryable=err == _EE_BUFFER_FULL
+            )
         return audio
 
 
@@ -200,15 +213,18 @@ class EspeakTTS:
         self._max_chars = max_chars
         self._closed = False
 
-    async def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> AsyncIterator[bytes]:
+    async def synthesize(
+        self, text: str, *, voice: str, speed: float = 1.0
+    ) -> AsyncIterator[bytes]:
         if self._closed:
             raise EngineError("the espeak engine is closed", code="engine_closed")
         native_voice, rate = self.voices.resolve(voice), speed_to_rate(speed)
-        abort = threading.Event()
+        native, end_pause, abort = self._native, self._end_pause, threading.Event()
+        loop = asyncio.get_running_loop()
         try:
             for piece in split_text(text, self._max_chars):
-                audio = await asyncio.to_thread(
-                    self._native.synth, piece, native_voice, rate, self._end_pause, abort
+                audio = await loop.run_in_executor(
+                    native.executor, native.synth, piece, native_voice, rate, end_pause, abort
                 )
                 for start in range(0, len(audio), self._chunk_bytes):
                     yield audio[start : start + self._chunk_bytes]

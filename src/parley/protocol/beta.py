@@ -45,7 +45,7 @@ def response_to_beta(response: dict[str, Any], temperature: float) -> dict[str, 
         "status_details": response.get("status_details"),
         "output": [item_to_beta(i) for i in response.get("output", [])],
         "metadata": response.get("metadata"),
-        "usage": response.get("usage"),
+        "usage": usage_to_beta(response.get("usage")),
         "conversation_id": response.get("conversation_id"),
         "voice": output_fmt.get("voice", "alloy"),
         "modalities": modalities,
@@ -53,6 +53,14 @@ def response_to_beta(response: dict[str, Any], temperature: float) -> dict[str, 
         "temperature": temperature,
         "max_output_tokens": response.get("max_output_tokens", "inf"),
     }
+
+
+def usage_to_beta(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Beta usage had neither image tokens nor the cached-token breakdown."""
+    if usage is None:
+        return None
+    details = {k: v for k, v in usage["input_token_details"].items() if k in ("cached_tokens", "text_tokens", "audio_tokens")}
+    return {**usage, "input_token_details": details}
 
 
 def event_to_beta(event: dict[str, Any], temperature: float = 0.8) -> dict[str, Any] | None:
@@ -67,4 +75,6 @@ def event_to_beta(event: dict[str, Any], temperature: float = 0.8) -> dict[str, 
         out["item"] = item_to_beta(out["item"])
     if kind in ("response.created", "response.done"):
         out["response"] = response_to_beta(out["response"], temperature)
+    elif kind == "response.function_call_arguments.done":
+        out.pop("name", None)  # beta's event had no `name`
     return out

@@ -152,7 +152,8 @@ def _beta_transcription(t: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _beta_turn_detection(td: dict[str, Any] | None) -> dict[str, Any] | None:
-    return None if td is None else dict(td)
+    """Beta turn detection had no `idle_timeout_ms`."""
+    return None if td is None else {k: v for k, v in td.items() if k != "idle_timeout_ms"}
 
 
 def to_beta(session: dict[str, Any], temperature: float = 0.8) -> dict[str, Any]:
@@ -186,12 +187,9 @@ def to_beta(session: dict[str, Any], temperature: float = 0.8) -> dict[str, Any]
         "input_audio_noise_reduction": audio_in.get("noise_reduction"),
         "turn_detection": _beta_turn_detection(audio_in.get("turn_detection")),
         "tools": [t for t in session["tools"] if t.get("type") == "function"],
-        "tool_choice": session["tool_choice"] if isinstance(session["tool_choice"], str) else session["tool_choice"],
+        "tool_choice": session["tool_choice"] if isinstance(session["tool_choice"], str) else "required",
         "temperature": temperature,
         "max_response_output_tokens": session["max_output_tokens"],
         "speed": out.get("speed", 1.0),
         "tracing": session.get("tracing"),
-        "truncation": session.get("truncation"),
-        "prompt": session.get("prompt"),
-        "include": session.get("include"),
     }

@@ -1,0 +1,187 @@
+"""One live session: the only place where the core meets asyncio.
+
+The runner owns every task of its session: a reader (transport -> parsed events -> inbox), a
+writer (bounded outbox -> transport), one pipeline task per running response, and the expiry
+timer.  A single loop takes inputs from the inbox one at a time, hands them to the core, and
+carries out what the core returns, in order.  When the session ends, every task is cancelled
+and awaited: nothing outlives its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..core.io import Close, Expired, Output, Send, SessionChanged, StartResponse, StopResponse, UsageReport
+from ..core.session import Session
+from ..engines.llm import LLMEngine
+from ..engines.tts import TTSEngine
+from ..protocol.client_events import parse_client_event
+from ..protocol.errors import ProtocolError
+from .limits import TokenLimiter
+from .pipeline import run_response
+
+log = logging.getLogger("parley.session")
+
+_CLOSED = object()
+
+
+class Transport(Protocol):
+    """What a runner needs from a connection: text messages in and out, and a close."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next client message; None once the client has gone."""
+        ...
+
+    async def send(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class Engines:
+    llm: LLMEngine
+    tts: TTSEngine | None = None
+
+
+@dataclass
+class RunnerLimits:
+    max_event_bytes: int = 15 * 1024 * 1024
+    outbox_size: int = 2048
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        session: Session,
+        transport: Transport,
+        engines: Engines,
+        *,
+        key_id: str,
+        limiter: TokenLimiter,
+        limits: RunnerLimits | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.session = session
+        self.transport = transport
+        self.engines = engines
+        self.key_id = key_id
+        self.limiter = limiter
+        self.limits = limits or RunnerLimits()
+        self.clock = clock
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.outbox: asyncio.Queue[Any] = asyncio.Queue(self.limits.outbox_size)
+        self._responses: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._close: Close | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        expiry = None
+        if self.session.setup.expires_at:
+            delay = max(0.0, self.session.setup.expires_at - self.clock())
+            expiry = loop.call_later(delay, self.inbox.put_nowait, Expired())
+        writer = asyncio.create_task(self._write(), name=f"{self.session.id}-writer")
+        reader = asyncio.create_task(self._read(), name=f"{self.session.id}-reader")
+        self._tasks = [writer, reader]
+        log.info("session started", extra={"session_id": self.session.id, "key_id": self.key_id,
+                                           "dialect": self.session.dialect, "kind": self.session.kind})
+        try:
+            await self._execute(self.session.start())
+            while not self.session.closed:
+                inp = await self.inbox.get()
+                if inp is _CLOSED:
+                    break
+                await self._execute(self.session.handle(inp))
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            for task in self._responses.values():
+                task.cancel()
+            reader.cancel()
+            await self._drain_outbox(writer)
+            for task in [*self._responses.values(), reader, writer]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._responses.clear()
+            if self._close is not None:
+                with contextlib.suppress(Exception):
+                    await self.transport.close(self._close.code, self._close.reason)
+            log.info("session ended", extra={"session_id": self.session.id, "key_id": self.key_id})
+
+    async def _drain_outbox(self, writer: asyncio.Task[None]) -> None:
+        """Let queued events reach the client (briefly) before closing, then stop the writer."""
+        if not writer.done():
+            self.outbox.put_nowait(_CLOSED) if not self.outbox.full() else None
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
+        writer.cancel()
+
+    # ---- tasks -------------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = await self.transport.receive()
+                if message is None:
+                    break
+                if len(message) > self.limits.max_event_bytes:
+                    limit_mib = self.limits.max_event_bytes / (1024 * 1024)
+                    await self.inbox.put(ProtocolError(
+                        f"Event too large: {len(message)} bytes exceeds the maximum of {limit_mib:g} MiB per event.",
+                        "event_too_large"))
+                    continue
+                await self.inbox.put(parse_client_event(message, self.session.dialect))
+        except Exception:
+            log.debug("reader stopped", exc_info=True, extra={"session_id": self.session.id})
+        finally:
+            self.inbox.put_nowait(_CLOSED)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                text = await self.outbox.get()
+                if text is _CLOSED:
+                    return
+                await self.transport.send(text)
+        except Exception:
+            log.debug("writer stopped", exc_info=True, extra={"session_id": self.session.id})
+            self.inbox.put_nowait(_CLOSED)
+
+    # ---- carrying out the core's outputs -----------------------------------------------------
+
+    async def _send_event(self, event: dict[str, Any]) -> None:
+        await self.outbox.put(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+
+    async def _execute(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, Send):
+                await self._send_event(out.event)
+            elif isinstance(out, StartResponse):
+                task = asyncio.create_task(
+                    run_response(out.response_id, out.plan, self.engines.llm, self.engines.tts, self.inbox.put),
+                    name=out.response_id,
+                )
+                self._responses[out.response_id] = task
+                task.add_done_callback(lambda _t, rid=out.response_id: self._responses.pop(rid, None))
+            elif isinstance(out, StopResponse):
+                task = self._responses.pop(out.response_id, None)
+                if task is not None:
+                    task.cancel()
+            elif isinstance(out, UsageReport):
+                now = self.clock()
+                self.limiter.record(self.key_id, out.total_tokens, now)
+                await self._send_event({"event_id": self.session.ids.event(), "type": "rate_limits.updated",
+                                        "rate_limits": self.limiter.rate_limits(self.key_id, now)})
+            elif isinstance(out, Close):
+                self._close = out
+            elif isinstance(out, SessionChanged):
+                pass  # turn detection and engines read the session config when they need it

@@ -1,0 +1,57 @@
+"""`parley serve`: run the server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="A self-hosted OpenAI Realtime API server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to listen on (PARLEY_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (PARLEY_PORT, default 8000)")
+    serve.add_argument("--config", help="a TOML settings file (PARLEY_CONFIG)")
+    serve.add_argument("--ssl-certfile", help="TLS certificate (PARLEY_SSL_CERTFILE), for wss:// clients")
+    serve.add_argument("--ssl-keyfile", help="TLS private key (PARLEY_SSL_KEYFILE)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.config:
+        os.environ["PARLEY_CONFIG"] = args.config
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "ssl_certfile": args.ssl_certfile,
+                                   "ssl_keyfile": args.ssl_keyfile}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:
+        sys.exit(f"parley: bad settings: {exc}")
+    settings.check_exposure()
+
+    import uvicorn
+
+    from .app import create_app
+    from .logs import configure
+
+    configure(settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+        ws_max_size=settings.max_event_bytes + 1024 * 1024,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

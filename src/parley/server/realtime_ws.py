@@ -1,0 +1,69 @@
+"""`GET /v1/realtime`: authenticate, pick the session kind, model and dialect, run the session."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.websockets import WebSocket
+
+from ..core.session import Session, SessionSetup
+from ..protocol.errors import ProtocolError
+from ..runtime.runner import Engines, RunnerLimits, SessionRunner
+from ..transports.websocket import WebSocketTransport, accept, presented_key, refuse, wants_beta
+from .state import AppState
+
+log = logging.getLogger("parley.ws")
+
+AUTH_CLOSE = 3000
+REQUEST_CLOSE = 4000
+
+
+async def realtime_websocket(ws: WebSocket) -> None:
+    state: AppState = ws.app.state.parley
+    await accept(ws)
+    now = state.clock()
+    key = presented_key(ws)
+    principal = state.keys.authenticate(key, now=now)
+    if principal is None:
+        if key is None:
+            err = ProtocolError("Missing bearer or basic authentication in header", None)
+        else:
+            err = ProtocolError("Incorrect API key provided. You can find your API key in the server's "
+                                "PARLEY_API_KEYS setting, or mint an ephemeral key.", "invalid_api_key")
+        await refuse(ws, err, AUTH_CLOSE)
+        return
+    query = ws.query_params
+    if query.get("call_id"):
+        await refuse(ws, ProtocolError(f"Call '{query['call_id'][:64]}' not found.", "call_not_found", "call_id"), REQUEST_CLOSE)
+        return
+    intent = query.get("intent")
+    if intent not in (None, "", "realtime", "transcription"):
+        await refuse(ws, ProtocolError(f"Invalid value: '{intent[:40]}'. Supported values are: 'realtime', "
+                                       "'transcription'.", "invalid_value", "intent"), REQUEST_CLOSE)
+        return
+    kind = intent or principal.kind
+    bound = principal.bound if principal.bound is not None and principal.bound.type == kind else None
+    settings = state.settings
+    model = query.get("model") or getattr(bound, "model", None) or settings.default_model
+    if kind == "realtime" and not state.accepts_model(model):
+        await refuse(ws, ProtocolError(f'Model "{model[:80]}" is not supported in realtime mode. Supported models: '
+                                       + ", ".join(settings.models[:8]) + ("..." if len(settings.models) > 8 else ""),
+                                       "invalid_model", "model"), REQUEST_CLOSE)
+        return
+    setup = SessionSetup(
+        kind=kind, dialect="beta" if wants_beta(ws) else "ga", model=model,
+        expires_at=int(now + settings.session_max_minutes * 60), bound=bound,
+        accept_model=state.accepts_model, context_tokens=settings.llm_context_tokens,
+        voice=settings.voice, instructions=settings.instructions, max_minutes=settings.session_max_minutes,
+    )
+    assert state.engines is not None
+    runner = SessionRunner(
+        Session(setup), WebSocketTransport(ws), Engines(state.engines.llm, state.engines.tts),
+        key_id=principal.key_id, limiter=state.limiter,
+        limits=RunnerLimits(max_event_bytes=settings.max_event_bytes), clock=state.clock,
+    )
+    state.live_sessions += 1
+    try:
+        await runner.run()
+    finally:
+        state.live_sessions -= 1

@@ -1,0 +1,100 @@
+"""Settings from `PARLEY_*` environment variables and an optional TOML file (`PARLEY_CONFIG`).
+
+Environment variables win over the file.  List settings take comma-separated values
+(`PARLEY_API_KEYS=key1,key2`).  Every setting is documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+KNOWN_MODELS = [
+    "gpt-realtime", "gpt-realtime-2025-08-28", "gpt-realtime-mini", "gpt-realtime-mini-2025-10-06",
+    "gpt-realtime-mini-2025-12-15", "gpt-realtime-1.5", "gpt-realtime-2", "gpt-realtime-2.1",
+    "gpt-realtime-2.1-mini", "gpt-audio-1.5", "gpt-audio-mini", "gpt-audio-mini-2025-10-06",
+    "gpt-audio-mini-2025-12-15", "gpt-4o-realtime-preview", "gpt-4o-realtime-preview-2024-10-01",
+    "gpt-4o-realtime-preview-2024-12-17", "gpt-4o-realtime-preview-2025-06-03",
+    "gpt-4o-mini-realtime-preview", "gpt-4o-mini-realtime-preview-2024-12-17", "parley",
+]
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore")
+
+    # network
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    # auth
+    api_keys: CommaList = Field(default_factory=list)
+
+    # the language model
+    llm_base_url: str | None = None
+    llm_model: str | None = None  # remote: the model name to ask for; embedded: .gguf path or hub id
+    llm_api_key: SecretStr | None = None
+    llm_context_tokens: int = 8192
+    llm_timeout_s: float = 60.0
+    llm_max_retries: int = 2
+    llm_threads: int | None = None
+
+    # speech
+    tts_engine: str = "espeak"  # "espeak" or "none"
+
+    # sessions
+    models: CommaList = Field(default_factory=lambda: list(KNOWN_MODELS))
+    default_model: str = "gpt-realtime"
+    instructions: str | None = None
+    voice: str = "alloy"
+    session_max_minutes: int = 60
+    max_event_bytes: int = 15 * 1024 * 1024
+    tokens_per_minute: int = 40_000
+
+    # logging
+    log_level: str = "info"
+    log_json: bool = True
+    debug_log_content: bool = False
+
+    @field_validator("api_keys", "models", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("PARLEY_CONFIG")
+        if path:
+            if not Path(path).is_file():
+                raise ValueError(f"PARLEY_CONFIG points to {path!r}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    def check_exposure(self) -> None:
+        """Refuse to listen beyond loopback without API keys."""
+        if not self.is_loopback and not self.api_keys:
+            raise SystemExit(
+                f"Refusing to listen on {self.host}: no API keys are configured. "
+                "Set PARLEY_API_KEYS (comma-separated) or listen on 127.0.0.1."
+            )

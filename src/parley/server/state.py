@@ -1,0 +1,25 @@
+"""What the app holds for its lifetime: settings, keys, limits and engines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..engines.registry import EngineSet
+from ..runtime.limits import TokenLimiter
+from .auth import Keys
+from .settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    keys: Keys
+    limiter: TokenLimiter
+    engines: EngineSet | None = None
+    clock: Callable[[], float] = field(default=time.time)
+    live_sessions: int = 0
+
+    def accepts_model(self, model: str) -> bool:
+        return model in self.settings.models
