@@ -38,7 +38,7 @@ N_LAYER = 2
 N_HEAD = 4
 N_HEAD_KV = 2
 N_FF = 128
-N_CTX_TRAIN = 2048
+N_CTX_TRAIN = 8192
 
 _WORDS = [
     "the", "and", "you", "hello", "world", "light", "kitchen", "turn", "off", "on", "what",
