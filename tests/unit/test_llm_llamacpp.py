@@ -201,6 +201,7 @@ async def test_cancel_mid_stream_is_prompt_and_next_request_works(tiny_model: Pa
 
         task = asyncio.create_task(consume())
         await asyncio.wait_for(first_text.wait(), timeout=10)
+        generation = llm._active  # the worker's shared state (8000 tokens take ~50 s here)
         started = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -216,8 +217,22 @@ async def test_cancel_mid_stream_is_prompt_and_next_request_works(tiny_model: Pa
         assert time.monotonic() - started < 2
         assert isinstance(events[-1], Finished) and events[-1].reason == "length"
         assert events[-1].usage.output_tokens == 4
+        assert generation is not None and generation.completion_tokens < 100
     finally:
         await llm.aclose()
+
+
+async def test_aclose_mid_stream_ends_the_stream_with_an_error(tiny_model: Path) -> None:
+    llm = LlamaCppLLM(str(tiny_model), n_ctx=8192, n_threads=1)
+    stream = llm.stream(ChatRequest(messages=HELLO, max_tokens=8000, temperature=0))
+    assert isinstance(await stream.__anext__(), TextDelta)
+    closing = asyncio.create_task(llm.aclose())
+    with pytest.raises(EngineError) as info:
+        async for _ in stream:
+            pass
+    assert info.value.code == "engine_closed"
+    await asyncio.wait_for(closing, timeout=5)
+    assert not llm.loaded
 
 
 async def test_consumer_breaking_early_frees_the_model(engine: LlamaCppLLM) -> None:

@@ -70,7 +70,7 @@ class SessionSetup:
     voice: str = "alloy"
     instructions: str | None = None
     temperature: float = 0.8
-    max_minutes: int = 60  # for the `session_expired` message; the runtime schedules `Expired`
+    max_minutes: float = 60  # for the `session_expired` message; the runtime schedules `Expired`
 
 
 class Session:
@@ -511,7 +511,7 @@ class Session:
         out: list[Output] = []
         for rid in list(self.responses):
             out += self.cancel_response(rid, "client_cancelled")
-        err = ProtocolError(f"Your session hit the maximum duration of {self.setup.max_minutes} minutes.",
+        err = ProtocolError(f"Your session hit the maximum duration of {self.setup.max_minutes:g} minutes.",
                             "session_expired")
         out += self._error(err)
         self.closed = True

@@ -61,6 +61,10 @@ class _Generation:
     completion_tokens: int = 0
 
 
+class _Cancelled(Exception):
+    """Raised inside the worker to abandon a cancelled prompt evaluation."""
+
+
 @dataclass(frozen=True)
 class _Error:
     error: BaseException
@@ -85,6 +89,7 @@ class LlamaCppLLM:
         chat_format: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         verbose: bool = False,
+        prompt_chunk_tokens: int = 128,
         **llama_kwargs: Any,
     ) -> None:
         """`model`: a local .gguf path, or a hub id ``owner/repo:file.gguf``, ``owner/repo:<glob>``,
@@ -93,6 +98,8 @@ class LlamaCppLLM:
         stored in the GGUF (a llama-cpp-python format name such as "chatml" or
         "chatml-function-calling").  `cache_dir` overrides huggingface-hub's cache.  Other keyword
         arguments go to ``llama_cpp.Llama`` unchanged (``flash_attn``, ``n_batch``, ``seed``...).
+        `prompt_chunk_tokens`: the prompt is evaluated in pieces of this many tokens, and a
+        cancelled request stops after the current piece.
         """
         if not isinstance(model, str) or not model.strip():
             raise EngineError(f"No model configured: {_EXPECTED}.", code="model_not_found")
@@ -105,6 +112,7 @@ class LlamaCppLLM:
         self.cache_dir = cache_dir
         self.verbose = verbose
         self.llama_kwargs = llama_kwargs
+        self.prompt_chunk_tokens = prompt_chunk_tokens
         self.model_path: Path | None = None  # the resolved local file, once loaded
 
         self._llama: Any = None
@@ -264,7 +272,25 @@ class LlamaCppLLM:
             finally:
                 gen.close()
 
+        original_eval = llama.eval
+        chunk = max(1, min(int(getattr(llama, "n_batch", 512) or 512), self.prompt_chunk_tokens))
+
+        def eval_(tokens: Any) -> None:
+            # The prompt is evaluated in chunks so that a cancelled request stops within one
+            # chunk rather than after the whole prompt.  The evaluated prefix stays in the KV
+            # cache and is reused by the next request that shares it.
+            state = engine._active
+            tokens = list(tokens)
+            if state is None or len(tokens) <= chunk:
+                return original_eval(tokens)
+            for start in range(0, len(tokens), chunk):
+                if state.cancelled.is_set():
+                    raise _Cancelled()
+                original_eval(tokens[start : start + chunk])
+            return None
+
         llama.generate = generate
+        llama.eval = eval_
 
     # --- generation ------------------------------------------------------------------------
 
@@ -326,6 +352,8 @@ class LlamaCppLLM:
                 item = await queue.get()
                 if item is _DONE:
                     break
+                if state.cancelled.is_set():  # only aclose() cancels while we are listening
+                    raise EngineError("The llama.cpp engine was closed mid-response.", code="engine_closed")
                 if isinstance(item, _Error):
                     raise _engine_error(item.error) from item.error
                 choice = (item.get("choices") or [{}])[0]
@@ -349,6 +377,8 @@ class LlamaCppLLM:
                         )
                 if choice.get("finish_reason"):
                     reason = choice["finish_reason"]
+            if state.cancelled.is_set():
+                raise EngineError("The llama.cpp engine was closed mid-response.", code="engine_closed")
             reason = _finish_reason(reason, bool(tool_calls_seen))
             usage = Usage(
                 input_tokens=(

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     default_model: str = "gpt-realtime"
     instructions: str | None = None
     voice: str = "alloy"
-    session_max_minutes: int = 60
+    session_max_minutes: float = 60
     max_event_bytes: int = 15 * 1024 * 1024
     tokens_per_minute: int = 40_000
 
