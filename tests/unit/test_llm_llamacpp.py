@@ -222,6 +222,30 @@ async def test_cancel_mid_stream_is_prompt_and_next_request_works(tiny_model: Pa
         await llm.aclose()
 
 
+async def test_cancel_during_prompt_evaluation_stops_within_a_chunk(tiny_model: Path) -> None:
+    llm = LlamaCppLLM(str(tiny_model), n_ctx=8192, n_threads=1, prompt_chunk_tokens=64)
+    await llm.load()
+    try:
+        long = [{"role": "user", "content": " hello world" * 3500}]  # ~7000 tokens: ~1 s here
+        task = asyncio.create_task(collect(llm, ChatRequest(messages=long, max_tokens=1)))
+        while llm._active is None or llm._active.prompt_tokens is None:
+            await asyncio.sleep(0.001)
+        prompt_tokens = llm._active.prompt_tokens
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        started = time.monotonic()
+        async with llm._lock:  # free once the worker has stopped
+            evaluated = llm._llama.n_tokens
+        assert time.monotonic() - started < 0.3
+        assert 0 < evaluated < prompt_tokens
+        events = await collect(llm, ChatRequest(messages=HELLO, max_tokens=2, temperature=0))
+        assert events[-1].usage.output_tokens == 2
+    finally:
+        await llm.aclose()
+
+
 async def test_aclose_mid_stream_ends_the_stream_with_an_error(tiny_model: Path) -> None:
     llm = LlamaCppLLM(str(tiny_model), n_ctx=8192, n_threads=1)
     stream = llm.stream(ChatRequest(messages=HELLO, max_tokens=8000, temperature=0))
