@@ -66,7 +66,28 @@ class Close:
     reason: str
 
 
-Output = Send | StartResponse | StopResponse | SessionChanged | UsageReport | Close
+@dataclass(frozen=True)
+class DetectSpeech:
+    """Run voice activity detection on freshly appended audio (in `fmt`) and hand the speech
+    probabilities back as a `VadResult` before the next input."""
+
+    audio: bytes
+    fmt: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    """Transcribe user audio.  For an item (`item_id`), answer with TranscriptDelta/Done/Failed;
+    for semantic turn detection (`turn`), answer with TurnTranscript."""
+
+    audio: bytes
+    fmt: dict[str, Any]
+    config: dict[str, Any] | None
+    item_id: str | None = None
+    turn: int | None = None
+
+
+Output = Send | StartResponse | StopResponse | SessionChanged | UsageReport | Close | DetectSpeech | Transcribe
 
 # ---- inputs from the runtime -----------------------------------------------------------------
 
@@ -115,4 +136,38 @@ class Expired:
     """The session reached `expires_at`."""
 
 
-RuntimeInput = ModelText | ModelToolCall | ModelAudio | ModelDone | ModelFailed | Expired
+@dataclass(frozen=True)
+class VadResult:
+    """Speech probabilities, one per VAD window of `window_ms`, in audio order."""
+
+    probabilities: list[float]
+    window_ms: float
+
+
+@dataclass(frozen=True)
+class TranscriptDelta:
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class TranscriptDone:
+    item_id: str
+    text: str
+    usage: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TranscriptFailed:
+    item_id: str
+    message: str
+    code: str = "transcription_error"
+
+
+@dataclass(frozen=True)
+class TurnTranscript:
+    turn: int
+    text: str
+
+
+RuntimeInput = VadResult | TranscriptDelta | TranscriptDone | TranscriptFailed | TurnTranscript | ModelText | ModelToolCall | ModelAudio | ModelDone | ModelFailed | Expired

@@ -152,6 +152,11 @@ class ResponseRun:
         self._calls.clear()
         return events
 
+    @property
+    def audio_ms(self) -> float:
+        """How much speech this response produced."""
+        return self._audio_ms
+
     # ---- model output ------------------------------------------------------------------------
 
     def on_text(self, text: str) -> list[Event]:

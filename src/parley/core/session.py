@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..engines.llm import ChatRequest
@@ -30,6 +30,7 @@ from ..protocol.session_config import (
 )
 from . import context
 from .conversation import Conversation
+from .input_audio import InputAudioMixin, bytes_per_ms
 from .io import (
     Close,
     Expired,
@@ -44,17 +45,14 @@ from .io import (
     SessionChanged,
     StartResponse,
     StopResponse,
+    TranscriptDelta,
+    TranscriptDone,
+    TranscriptFailed,
+    TurnTranscript,
     UsageReport,
+    VadResult,
 )
 from .response import ResponseRun
-
-MIN_COMMIT_MS = 100
-_BYTES_PER_MS = {"audio/pcm": 48.0, "audio/pcmu": 8.0, "audio/pcma": 8.0}
-
-
-def bytes_per_ms(fmt: dict[str, Any]) -> float:
-    return _BYTES_PER_MS.get(fmt.get("type", "audio/pcm"), 48.0)
-
 
 @dataclass
 class SessionSetup:
@@ -73,7 +71,21 @@ class SessionSetup:
     max_minutes: float = 60  # for the `session_expired` message; the runtime schedules `Expired`
 
 
-class Session:
+@dataclass
+class _PendingStart:
+    """A response whose model call waits for user transcripts (the model hears words)."""
+
+    run: ResponseRun
+    items: list[dict[str, Any]]
+    instructions: str
+    tools: list[dict[str, Any]]
+    tool_choice: Any
+    temperature: float | None
+    speed: float
+    waiting: set[str] = field(default_factory=set)
+
+
+class Session(InputAudioMixin):
     def __init__(self, setup: SessionSetup, ids: IdFactory | None = None) -> None:
         self.setup = setup
         self.ids = ids or IdFactory()
@@ -94,13 +106,13 @@ class Session:
             config = merge_update(config, setup.bound)
         self.config: dict[str, Any] = config
         self.conversation = Conversation()
-        self.buffer = bytearray()
-        self.audio_clock_ms = 0.0  # all audio appended this session, as VAD events report it
         self.responses: dict[str, ResponseRun] = {}
         self.default_response: str | None = None
         self.audio_produced = False
         self.closed = False
         self._audio_ms: dict[str, float] = {}  # user audio item id -> duration
+        self._deferred: dict[str, _PendingStart] = {}
+        self._init_input_audio()
         self._handlers: dict[type, Callable[[Any], list[Output]]] = {
             ProtocolError: self._on_protocol_error,
             ce.SessionUpdate: self._on_session_update,
@@ -121,6 +133,11 @@ class Session:
             ModelDone: self._on_model_done,
             ModelFailed: self._on_model_failed,
             Expired: self._on_expired,
+            VadResult: self._on_vad,
+            TranscriptDelta: self._on_transcript_delta,
+            TranscriptDone: self._on_transcript_done,
+            TranscriptFailed: self._on_transcript_failed,
+            TurnTranscript: self._on_turn_transcript,
         }
 
     # ---- plumbing ----------------------------------------------------------------------------
@@ -197,60 +214,11 @@ class Session:
         temperature = getattr(ev, "temperature", None)
         if temperature is not None:
             self.temperature = temperature
+        turns_changed = new["audio"]["input"].get("turn_detection") != self.turn_config
         self.config = new
+        if turns_changed:
+            self._configure_turns()
         return [self._session_event("session.updated"), SessionChanged(copy.deepcopy(new))]
-
-    # ---- input audio buffer ------------------------------------------------------------------
-
-    @property
-    def input_format(self) -> dict[str, Any]:
-        return self.config["audio"]["input"]["format"]
-
-    def buffer_ms(self) -> float:
-        return len(self.buffer) / bytes_per_ms(self.input_format)
-
-    def _on_append(self, ev: ce.InputAudioBufferAppend) -> list[Output]:
-        try:
-            audio = base64.b64decode(ev.audio, validate=True)
-        except (binascii.Error, ValueError):
-            raise ProtocolError("Invalid 'audio'. Expected base64-encoded audio bytes.", "invalid_value", "audio") from None
-        self.buffer += audio
-        self.audio_clock_ms += len(audio) / bytes_per_ms(self.input_format)
-        return []
-
-    def _on_commit(self, ev: ce.InputAudioBufferCommit) -> list[Output]:
-        ms = self.buffer_ms()
-        if ms < MIN_COMMIT_MS:
-            raise ProtocolError(
-                "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, "
-                f"but buffer only has {ms:.2f}ms of audio.", "input_audio_buffer_commit_empty")
-        return self.commit_buffer()
-
-    def commit_buffer(self, item_id: str | None = None) -> list[Output]:
-        """Turn the buffer into a user `input_audio` item (client commit, or VAD end of turn)."""
-        item_id = item_id or self.ids.new("item")
-        audio = bytes(self.buffer)
-        self.buffer.clear()
-        item = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
-                "role": "user", "content": [{"type": "input_audio", "transcript": None}]}
-        out: list[Output] = []
-        if self.kind == "realtime":
-            prev = self.conversation.insert(item)
-            stored = self.conversation.audio(item_id, 0, create=True)
-            assert stored is not None
-            stored.data += audio
-            stored.duration_ms = len(audio) / bytes_per_ms(self.input_format)
-            self._audio_ms[item_id] = stored.duration_ms
-        else:
-            prev = None
-        out += self._send({"type": "input_audio_buffer.committed", "previous_item_id": prev, "item_id": item_id})
-        out += self._send({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
-        out += self._send({"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)})
-        return out
-
-    def _on_clear(self, ev: ce.InputAudioBufferClear) -> list[Output]:
-        self.buffer.clear()
-        return self._send({"type": "input_audio_buffer.cleared"})
 
     def _on_output_clear(self, ev: ce.OutputAudioBufferClear) -> list[Output]:
         raise ProtocolError("output_audio_buffer.clear is only supported for WebRTC and SIP sessions.",
@@ -423,34 +391,67 @@ class Session:
             modality=modality, voice=voice["id"] if isinstance(voice, dict) else voice,
             output_format=fmt, max_output_tokens=max_out, metadata=p.metadata,
         )
+        self.responses[response_id] = run
+        if in_conversation:
+            self.default_response = response_id
+        pending = _PendingStart(run, items, instructions, tools, tool_choice, temperature,
+                                float(out_cfg.get("speed", 1.0)))
+        pending.waiting = {i["id"] for i in items} & self.pending_transcripts
         out = self._sends(run.created())
+        if pending.waiting:
+            self._deferred[response_id] = pending
+            return out
+        return out + self._start(pending)
+
+    def _start_deferred(self) -> list[Output]:
+        out: list[Output] = []
+        for rid, pending in list(self._deferred.items()):
+            pending.waiting &= self.pending_transcripts
+            if not pending.waiting:
+                del self._deferred[rid]
+                if rid in self.responses:
+                    out += self._start(pending)
+        return out
+
+    def _model_items(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Items as the model should see them: user audio carries what was heard."""
+        out = []
+        for item in items:
+            if item["id"] in self.heard and item.get("type") == "message":
+                item = copy.deepcopy(item)
+                for part in item["content"]:
+                    if part.get("type") == "input_audio" and not part.get("transcript"):
+                        part["transcript"] = self.heard[item["id"]]
+            out.append(item)
+        return out
+
+    def _start(self, pending: _PendingStart) -> list[Output]:
+        run, items = pending.run, self._model_items(pending.items)
+        max_out = run.max_output_tokens
         messages = context.items_to_messages(items)
-        system = [{"role": "system", "content": instructions}] if instructions else []
+        system = [{"role": "system", "content": pending.instructions}] if pending.instructions else []
         reserve = max_out if isinstance(max_out, int) else min(1024, self.setup.context_tokens // 4)
         budget = self.setup.context_tokens - reserve - sum(context.message_tokens(m) for m in system)
-        fitted = context.truncate(messages, budget=max(budget, 0), policy=cfg.get("truncation", "auto"))
+        fitted = context.truncate(messages, budget=max(budget, 0), policy=self.config.get("truncation", "auto"))
         if fitted is None:
             err = {"type": "invalid_request_error", "code": "context_length_exceeded",
                    "message": "The conversation does not fit in the model's context and truncation is disabled."}
-            return out + self._sends(run.finish("failed", error=err))
+            return self._finish(run, "failed", error=err)
         kept, _dropped = fitted
         request_messages = system + kept
         run.input_text_tokens = sum(context.message_tokens(m) for m in request_messages)
         run.input_audio_tokens = int(sum(self._audio_ms.get(i["id"], 0.0) for i in items) / 1000
                                      * context.INPUT_AUDIO_TOKENS_PER_S)
-        chat_tools = context.chat_tools(tools)
+        chat_tools = context.chat_tools(pending.tools)
         request = ChatRequest(
             messages=request_messages, tools=chat_tools,
-            tool_choice=context.chat_tool_choice(tool_choice, chat_tools),
+            tool_choice=context.chat_tool_choice(pending.tool_choice, chat_tools),
             max_tokens=max_out if isinstance(max_out, int) else None,
-            temperature=temperature, model=cfg.get("model"),
+            temperature=pending.temperature, model=self.config.get("model"),
         )
-        plan = ResponsePlan(request=request, modality=modality, voice=run.voice,
-                            speed=float(out_cfg.get("speed", 1.0)), output_format=dict(fmt))
-        self.responses[response_id] = run
-        if in_conversation:
-            self.default_response = response_id
-        return out + [StartResponse(response_id, plan)]
+        plan = ResponsePlan(request=request, modality=run.modality, voice=run.voice,
+                            speed=pending.speed, output_format=dict(run.output_format))
+        return [StartResponse(run.id, plan)]
 
     def _on_response_cancel(self, ev: ce.ResponseCancel) -> list[Output]:
         response_id = ev.response_id or self.default_response
@@ -465,6 +466,9 @@ class Session:
     def _finish(self, run: ResponseRun, status: str, **kw: Any) -> list[Output]:
         events = run.finish(status, **kw)
         self.responses.pop(run.id, None)
+        self._deferred.pop(run.id, None)
+        if run.conversation is not None:
+            self.arm_idle_timeout(run.audio_ms)
         if self.default_response == run.id:
             self.default_response = None
         if run.produced_audio and run.conversation is not None:

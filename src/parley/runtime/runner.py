@@ -18,13 +18,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..core.io import Close, Expired, Output, Send, SessionChanged, StartResponse, StopResponse, UsageReport
+from ..core.io import (
+    Close,
+    DetectSpeech,
+    Expired,
+    Output,
+    Send,
+    SessionChanged,
+    StartResponse,
+    StopResponse,
+    Transcribe,
+    UsageReport,
+)
 from ..core.session import Session
 from ..engines.llm import LLMEngine
+from ..engines.stt import STTEngine
 from ..engines.tts import TTSEngine
+from ..engines.vad import VADEngine
 from ..protocol.client_events import parse_client_event
 from ..protocol.errors import ProtocolError
 from .limits import TokenLimiter
+from .listening import VadRunner, run_transcription
 from .pipeline import run_response
 
 log = logging.getLogger("parley.session")
@@ -48,6 +62,8 @@ class Transport(Protocol):
 class Engines:
     llm: LLMEngine
     tts: TTSEngine | None = None
+    vad: VADEngine | None = None
+    stt: Callable[[dict[str, Any] | None], STTEngine | None] = lambda _cfg: None
 
 
 @dataclass
@@ -78,6 +94,8 @@ class SessionRunner:
         self.inbox: asyncio.Queue[Any] = asyncio.Queue()
         self.outbox: asyncio.Queue[Any] = asyncio.Queue(self.limits.outbox_size)
         self._responses: dict[str, asyncio.Task[None]] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._vad: VadRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._close: Close | None = None
 
@@ -104,11 +122,11 @@ class SessionRunner:
         finally:
             if expiry is not None:
                 expiry.cancel()
-            for task in self._responses.values():
+            for task in [*self._responses.values(), *self._jobs]:
                 task.cancel()
             reader.cancel()
             await self._drain_outbox(writer)
-            for task in [*self._responses.values(), reader, writer]:
+            for task in [*self._responses.values(), *self._jobs, reader, writer]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._responses.clear()
@@ -183,5 +201,14 @@ class SessionRunner:
                                         "rate_limits": self.limiter.rate_limits(self.key_id, now)})
             elif isinstance(out, Close):
                 self._close = out
+            elif isinstance(out, DetectSpeech):
+                if self.engines.vad is not None:
+                    if self._vad is None:
+                        self._vad = VadRunner(self.engines.vad)
+                    await self._execute(self.session.handle(self._vad.process(out.audio, out.fmt)))
+            elif isinstance(out, Transcribe):
+                job = asyncio.create_task(run_transcription(out, self.engines.stt(out.config), self.inbox.put))
+                self._jobs.add(job)
+                job.add_done_callback(self._jobs.discard)
             elif isinstance(out, SessionChanged):
-                pass  # turn detection and engines read the session config when they need it
+                pass  # the core reconfigures turn detection itself; engines are chosen per job

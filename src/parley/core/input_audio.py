@@ -1,0 +1,271 @@
+"""The input audio buffer, turn detection and transcription: the part of the session that
+listens.  A mixin of `Session` (it shares the session's state and event helpers).
+
+Timeline: `audio_clock_ms` counts all audio appended this session; the buffer holds the audio
+from `buffer_start_ms` on.  While nobody speaks, the buffer keeps only the prefix padding (plus
+the VAD's lag), so a long silence costs no memory.  Every committed user audio item is
+transcribed: the transcript is what the language model sees.  Transcription events reach the
+client only when it asked for them (`audio.input.transcription`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import client_events as ce
+from ..protocol.errors import ProtocolError
+from .io import DetectSpeech, Output, Transcribe, TranscriptDelta, TranscriptDone, TranscriptFailed, TurnTranscript, VadResult
+from .turns import NeedTranscript, SpeechStart, SpeechStop, TurnDetector
+
+if TYPE_CHECKING:
+    from .session import Session
+
+MIN_COMMIT_MS = 100
+VAD_LAG_MS = 250  # audio kept beyond the prefix padding while idle, for the VAD's own delay
+_BYTES_PER_MS = {"audio/pcm": 48.0, "audio/pcmu": 8.0, "audio/pcma": 8.0}
+
+
+def bytes_per_ms(fmt: dict[str, Any]) -> float:
+    return _BYTES_PER_MS.get(fmt.get("type", "audio/pcm"), 48.0)
+
+
+class InputAudioMixin:
+    """Buffer bookkeeping, VAD turn decisions, commits and transcripts."""
+
+    def _init_input_audio(self: Session) -> None:
+        self.buffer = bytearray()
+        self.buffer_start_ms = 0.0
+        self.audio_clock_ms = 0.0
+        self.turns: TurnDetector | None = None
+        self._turn_item: str | None = None
+        self._turn_start_ms = 0.0
+        self.pending_transcripts: set[str] = set()
+        self.heard: dict[str, str] = {}  # user audio item id -> transcript, for the model
+        self.idle_deadline_ms: float | None = None
+        self._configure_turns()
+
+    # ---- configuration -----------------------------------------------------------------------
+
+    @property
+    def input_format(self: Session) -> dict[str, Any]:
+        return self.config["audio"]["input"]["format"]
+
+    @property
+    def turn_config(self: Session) -> dict[str, Any] | None:
+        return self.config["audio"]["input"].get("turn_detection")
+
+    @property
+    def transcription_config(self: Session) -> dict[str, Any] | None:
+        return self.config["audio"]["input"].get("transcription")
+
+    def _configure_turns(self: Session) -> None:
+        cfg = self.turn_config
+        if cfg is None:
+            self.turns = None
+            return
+        detector = TurnDetector(dict(cfg), clock_ms=self.turns.clock_ms if self.turns else self.buffer_start_ms)
+        if self.turns is not None and self.turns.speaking:
+            detector.speaking, detector.turn = True, self.turns.turn
+        self.turns = detector
+
+    def _padding_ms(self: Session) -> float:
+        cfg = self.turn_config or {}
+        return float(cfg.get("prefix_padding_ms", 300))
+
+    # ---- buffer ------------------------------------------------------------------------------
+
+    def buffer_ms(self: Session) -> float:
+        return len(self.buffer) / bytes_per_ms(self.input_format)
+
+    def _drop_before(self: Session, ms: float) -> None:
+        """Forget buffered audio before `ms` on the audio clock."""
+        if ms <= self.buffer_start_ms:
+            return
+        bpm = bytes_per_ms(self.input_format)
+        cut = int((ms - self.buffer_start_ms) * bpm)
+        cut -= cut % (2 if self.input_format.get("type") == "audio/pcm" else 1)
+        cut = min(cut, len(self.buffer))
+        del self.buffer[:cut]
+        self.buffer_start_ms += cut / bpm
+
+    def _take_until(self: Session, ms: float) -> bytes:
+        """Remove and return the buffered audio up to `ms` on the audio clock."""
+        bpm = bytes_per_ms(self.input_format)
+        cut = int(max(0.0, ms - self.buffer_start_ms) * bpm)
+        cut -= cut % (2 if self.input_format.get("type") == "audio/pcm" else 1)
+        cut = min(cut, len(self.buffer))
+        audio = bytes(self.buffer[:cut])
+        del self.buffer[:cut]
+        self.buffer_start_ms += cut / bpm
+        return audio
+
+    def _on_append(self: Session, ev: ce.InputAudioBufferAppend) -> list[Output]:
+        try:
+            audio = base64.b64decode(ev.audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("Invalid 'audio'. Expected base64-encoded audio bytes.", "invalid_value", "audio") from None
+        if self.input_format.get("type") == "audio/pcm" and len(audio) % 2:
+            raise ProtocolError("Invalid 'audio': PCM16 audio must have an even number of bytes.", "invalid_value", "audio")
+        self.buffer += audio
+        self.audio_clock_ms += len(audio) / bytes_per_ms(self.input_format)
+        if self.turns is not None and audio:
+            return [DetectSpeech(audio, dict(self.input_format))]
+        return []
+
+    def _on_commit(self: Session, ev: ce.InputAudioBufferCommit) -> list[Output]:
+        ms = self.buffer_ms()
+        if ms < MIN_COMMIT_MS:
+            raise ProtocolError(
+                "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, "
+                f"but buffer only has {ms:.2f}ms of audio.", "input_audio_buffer_commit_empty")
+        out: list[Output] = []
+        if self.turns is not None and self.turns.speaking:
+            out += self._end_turn_events(self.audio_clock_ms)  # a manual commit ends the turn
+            return out
+        return out + self.commit_buffer(self._take_until(self.audio_clock_ms))
+
+    def _on_clear(self: Session, ev: ce.InputAudioBufferClear) -> list[Output]:
+        self.buffer.clear()
+        self.buffer_start_ms = self.audio_clock_ms
+        if self.turns is not None:
+            self.turns.speaking = False
+            self._turn_item = None
+        return self._send({"type": "input_audio_buffer.cleared"})
+
+    def commit_buffer(self: Session, audio: bytes, item_id: str | None = None) -> list[Output]:
+        """Turn audio into a user `input_audio` item and have it transcribed."""
+        item_id = item_id or self.ids.new("item")
+        item = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
+                "role": "user", "content": [{"type": "input_audio", "transcript": None}]}
+        prev: str | None = None
+        if self.kind == "realtime":
+            prev = self.conversation.insert(item)
+            stored = self.conversation.audio(item_id, 0, create=True)
+            assert stored is not None
+            stored.data += audio
+            stored.duration_ms = len(audio) / bytes_per_ms(self.input_format)
+            self._audio_ms[item_id] = stored.duration_ms
+        out = self._send({"type": "input_audio_buffer.committed", "previous_item_id": prev, "item_id": item_id})
+        out += self._send({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
+        out += self._send({"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)})
+        self.pending_transcripts.add(item_id)
+        out.append(Transcribe(audio, dict(self.input_format), copy.deepcopy(self.transcription_config), item_id=item_id))
+        return out
+
+    # ---- turn detection ----------------------------------------------------------------------
+
+    def _on_vad(self: Session, inp: VadResult) -> list[Output]:
+        if self.turns is None:
+            return []
+        out: list[Output] = []
+        for event in self.turns.feed(inp.probabilities, inp.window_ms):
+            if isinstance(event, SpeechStart):
+                out += self._start_turn(event.onset_ms)
+            elif isinstance(event, SpeechStop):
+                out += self._end_turn_events(event.end_ms)
+            elif isinstance(event, NeedTranscript):
+                audio = bytes(self.buffer[: int((self.turns.clock_ms - self.buffer_start_ms) * bytes_per_ms(self.input_format))])
+                out.append(Transcribe(audio, dict(self.input_format), None, turn=event.turn))
+        if not self.turns.speaking:
+            self._drop_before(self.turns.clock_ms - self._padding_ms() - VAD_LAG_MS)
+            out += self._check_idle()
+        return out
+
+    def _start_turn(self: Session, onset_ms: float) -> list[Output]:
+        self.idle_deadline_ms = None
+        start = max(self.buffer_start_ms, onset_ms - self._padding_ms())
+        self._drop_before(start)
+        self._turn_start_ms = start
+        self._turn_item = self.ids.new("item")
+        out = self._send({"type": "input_audio_buffer.speech_started", "audio_start_ms": int(start),
+                          "item_id": self._turn_item})
+        cfg = self.turn_config or {}
+        if cfg.get("interrupt_response", True) and self.default_response is not None:
+            out += self.cancel_response(self.default_response, "turn_detected")
+        return out
+
+    def _end_turn_events(self: Session, end_ms: float) -> list[Output]:
+        item_id = self._turn_item or self.ids.new("item")
+        self._turn_item = None
+        if self.turns is not None:
+            self.turns.speaking = False
+        out = self._send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": int(end_ms), "item_id": item_id})
+        audio = self._take_until(end_ms)
+        if len(audio) / bytes_per_ms(self.input_format) < MIN_COMMIT_MS:
+            return out  # too short to be a turn; nothing committed
+        out += self.commit_buffer(audio, item_id)
+        cfg = self.turn_config or {}
+        if self.kind == "realtime" and cfg.get("create_response", True) and self.default_response is None:
+            out += self._on_response_create(ce.ResponseCreate(type="response.create"))
+        return out
+
+    def _on_turn_transcript(self: Session, inp: TurnTranscript) -> list[Output]:
+        if self.turns is None:
+            return []
+        out: list[Output] = []
+        for event in self.turns.transcript(inp.turn, inp.text):
+            if isinstance(event, SpeechStop):
+                out += self._end_turn_events(self.turns.clock_ms)
+        return out
+
+    def _check_idle(self: Session) -> list[Output]:
+        """server_vad `idle_timeout_ms`: nobody spoke for that long after the last answer ended."""
+        if self.idle_deadline_ms is None or self.turns is None or self.turns.clock_ms < self.idle_deadline_ms:
+            return []
+        self.idle_deadline_ms = None
+        start, end = self.buffer_start_ms, self.turns.clock_ms
+        item_id = self.ids.new("item")
+        out = self._send({"type": "input_audio_buffer.timeout_triggered", "audio_start_ms": int(start),
+                          "audio_end_ms": int(end), "item_id": item_id})
+        audio = self._take_until(end)
+        if len(audio) / bytes_per_ms(self.input_format) >= MIN_COMMIT_MS:
+            out += self.commit_buffer(audio, item_id)
+        if self.default_response is None:
+            out += self._on_response_create(ce.ResponseCreate(type="response.create"))
+        return out
+
+    def arm_idle_timeout(self: Session, response_audio_ms: float) -> None:
+        cfg = self.turn_config or {}
+        timeout = cfg.get("idle_timeout_ms") if cfg.get("type") == "server_vad" else None
+        if timeout and self.turns is not None:
+            self.idle_deadline_ms = self.audio_clock_ms + response_audio_ms + float(timeout)
+
+    # ---- transcripts -------------------------------------------------------------------------
+
+    def _transcript_events_wanted(self: Session) -> bool:
+        return self.transcription_config is not None
+
+    def _on_transcript_delta(self: Session, inp: TranscriptDelta) -> list[Output]:
+        if inp.item_id not in self.pending_transcripts or not self._transcript_events_wanted() or not inp.text:
+            return []
+        return self._send({"type": "conversation.item.input_audio_transcription.delta", "item_id": inp.item_id,
+                           "content_index": 0, "delta": inp.text})
+
+    def _on_transcript_done(self: Session, inp: TranscriptDone) -> list[Output]:
+        if inp.item_id not in self.pending_transcripts:
+            return []
+        self.pending_transcripts.discard(inp.item_id)
+        self.heard[inp.item_id] = inp.text
+        out: list[Output] = []
+        if self._transcript_events_wanted():
+            item = self.conversation.get(inp.item_id)
+            if item is not None:
+                item["content"][0]["transcript"] = inp.text
+            usage = inp.usage or {"type": "duration", "seconds": round(self._audio_ms.get(inp.item_id, 0.0) / 1000, 3)}
+            out += self._send({"type": "conversation.item.input_audio_transcription.completed", "item_id": inp.item_id,
+                               "content_index": 0, "transcript": inp.text, "usage": usage})
+        return out + self._start_deferred()
+
+    def _on_transcript_failed(self: Session, inp: TranscriptFailed) -> list[Output]:
+        if inp.item_id not in self.pending_transcripts:
+            return []
+        self.pending_transcripts.discard(inp.item_id)
+        out: list[Output] = []
+        if self._transcript_events_wanted():
+            out += self._send({"type": "conversation.item.input_audio_transcription.failed", "item_id": inp.item_id,
+                               "content_index": 0, "error": {"type": "transcription_error", "code": inp.code,
+                                                             "message": inp.message, "param": None}})
+        return out + self._start_deferred()

@@ -1,0 +1,40 @@
+"""The speech-to-text engine interface."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TranscriptDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The whole transcript (always the last item of a transcription stream)."""
+
+    text: str
+    language: str | None = None
+    audio_seconds: float = 0.0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@runtime_checkable
+class STTEngine(Protocol):
+    name: str
+    sample_rate: int  # the rate transcribe() expects
+    streams_partials: bool  # True if it can emit TranscriptDelta before the end
+
+    def transcribe(self, pcm: np.ndarray, *, language: str | None = None,
+                   prompt: str | None = None) -> AsyncIterator[TranscriptDelta | Transcript]:
+        """int16 mono at `sample_rate`: zero or more deltas, then exactly one Transcript.
+        Cancelling the consumer stops work."""
+        ...
+
+    async def aclose(self) -> None: ...

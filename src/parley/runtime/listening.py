@@ -1,0 +1,97 @@
+"""The runtime half of listening: runs VAD inline on appended audio and speech-to-text in tasks.
+
+VAD inference is ~100 µs per 32 ms window, so it runs synchronously right after the append that
+produced the audio, and its probabilities go straight back into the core: turn decisions keep
+audio order.  Transcription takes longer and runs as a task whose results come back through the
+inbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from ..audio.formats import AudioFormat
+from ..audio.resample import StreamResampler, resample
+from ..core.io import Transcribe, TranscriptDelta, TranscriptDone, TranscriptFailed, TurnTranscript, VadResult
+from ..engines import stt as stt_api
+from ..engines.errors import EngineError
+from ..engines.vad import VADEngine, VADStream
+
+log = logging.getLogger("parley.listening")
+
+Put = Callable[[Any], Awaitable[None]]
+
+
+class VadRunner:
+    """One session's VAD stream, fed with wire audio, returning core `VadResult`s."""
+
+    def __init__(self, engine: VADEngine) -> None:
+        self.engine = engine
+        self.stream: VADStream = engine.stream()
+        self._fmt: dict[str, Any] | None = None
+        self._resampler: StreamResampler | None = None
+        self.window_ms = 1000.0 * self.stream.window_samples / self.stream.sample_rate
+
+    def process(self, audio: bytes, fmt: dict[str, Any]) -> VadResult:
+        if fmt != self._fmt:
+            self._fmt = dict(fmt)
+            wire = AudioFormat.from_session(fmt)
+            self._decode = wire.decode
+            self._resampler = StreamResampler(wire.rate, self.stream.sample_rate) if wire.rate != self.stream.sample_rate else None
+        pcm = self._decode(audio)
+        if self._resampler is not None:
+            pcm = self._resampler.push(pcm)
+        return VadResult(self.stream.process(pcm), self.window_ms)
+
+
+def to_engine_rate(audio: bytes, fmt: dict[str, Any], rate: int) -> np.ndarray:
+    wire = AudioFormat.from_session(fmt)
+    pcm = wire.decode(audio)
+    return resample(pcm, wire.rate, rate) if wire.rate != rate else pcm
+
+
+async def run_transcription(job: Transcribe, engine: stt_api.STTEngine | None, put: Put) -> None:
+    """Transcribe one committed item (or a turn so far, for semantic VAD); never raises except
+    on cancellation."""
+    cfg = job.config or {}
+    try:
+        if engine is None:
+            raise EngineError("No speech-to-text engine is available. Configure one with PARLEY_STT_ENGINE.",
+                              code="stt_unavailable")
+        pcm = to_engine_rate(job.audio, job.fmt, engine.sample_rate)
+        final: stt_api.Transcript | None = None
+        stream = engine.transcribe(pcm, language=cfg.get("language"), prompt=cfg.get("prompt"))
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for ev in stream:
+                if isinstance(ev, stt_api.TranscriptDelta) and job.item_id is not None:
+                    await put(TranscriptDelta(job.item_id, ev.text))
+                elif isinstance(ev, stt_api.Transcript):
+                    final = ev
+        if final is None:
+            raise EngineError("The speech-to-text engine returned no transcript.", code="transcription_error")
+        if job.turn is not None:
+            await put(TurnTranscript(job.turn, final.text))
+        elif job.item_id is not None:
+            usage = None
+            if final.input_tokens is not None and final.output_tokens is not None:
+                usage = {"type": "tokens", "input_tokens": final.input_tokens, "output_tokens": final.output_tokens,
+                         "total_tokens": final.input_tokens + final.output_tokens,
+                         "input_token_details": {"text_tokens": 0, "audio_tokens": final.input_tokens}}
+            await put(TranscriptDone(job.item_id, final.text, usage))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one failed transcript must not end the session
+        if not isinstance(exc, EngineError):
+            log.exception("transcription crashed")
+        message = exc.message if isinstance(exc, EngineError) else "The server had an error while transcribing."
+        code = exc.code if isinstance(exc, EngineError) else "server_error"
+        if job.turn is not None:
+            await put(TurnTranscript(job.turn, ""))
+        elif job.item_id is not None:
+            await put(TranscriptFailed(job.item_id, message, code))
