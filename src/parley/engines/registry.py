@@ -16,6 +16,7 @@ from typing import Any
 from .errors import EngineError
 from .llm import ChatRequest, LLMEngine, LLMEvent
 from .tts import TTSEngine
+from .speech_registry import SpeechEngines, build_speech, load_stt
 from .unavailable import UnavailableLLM
 
 log = logging.getLogger("parley.engines")
@@ -48,32 +49,26 @@ class LazyLLM:
 @dataclass
 class EngineSet:
     llm: LazyLLM
-    tts: TTSEngine | None
+    speech: SpeechEngines
     status: dict[str, str] = field(default_factory=dict)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @property
+    def tts(self) -> TTSEngine | None:
+        return self.speech.tts
+
+    @property
     def ready(self) -> bool:
-        return self.llm.ready
+        return self.llm.ready and self.speech.status.get("stt") != "loading"
+
+    def all_status(self) -> dict[str, str]:
+        return {**self.status, **self.speech.status}
 
     async def aclose(self) -> None:
         for t in self._tasks:
             t.cancel()
         await self.llm.aclose()
-        if self.tts is not None:
-            await self.tts.aclose()
-
-
-def _build_tts(settings: Any) -> tuple[TTSEngine | None, str]:
-    choice = getattr(settings, "tts_engine", "espeak")
-    if choice in ("none", ""):
-        return None, "disabled by PARLEY_TTS_ENGINE=none"
-    try:
-        from .tts_espeak import EspeakTTS
-
-        return EspeakTTS(), "espeak-ng (embedded)"
-    except Exception as exc:  # noqa: BLE001 - report any load failure and run without speech
-        return None, f"espeak-ng could not load: {exc}"
+        await self.speech.aclose()
 
 
 async def _load_llamacpp(settings: Any, holder: LazyLLM, status: dict[str, str]) -> None:
@@ -119,10 +114,10 @@ def build_engines(settings: Any) -> EngineSet:
         llm = LazyLLM(f"embedded llama.cpp, PARLEY_LLM_MODEL={model}")
         status["llm"] = f"loading: {model}"
         tasks = [asyncio.create_task(_load_llamacpp(settings, llm, status), name="load-llm")]
-    tts, tts_status = _build_tts(settings)
-    status["tts"] = tts_status
-    log.info("engines", extra={"engines": dict(status)})
-    return EngineSet(llm=llm, tts=tts, status=status, _tasks=tasks)
+    log.info("llm engine: %s", status["llm"], extra={"stage": "llm"})
+    speech = build_speech(settings)
+    tasks.append(asyncio.create_task(load_stt(settings, speech), name="load-stt"))
+    return EngineSet(llm=llm, speech=speech, status=status, _tasks=tasks)
 
 
 __all__ = ["EngineSet", "LazyLLM", "build_engines", "LLMEvent"]

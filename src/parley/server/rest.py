@@ -168,6 +168,6 @@ async def readyz(request: Request) -> Any:
     state = _state(request)
     engines = state.engines
     ready = bool(engines and engines.ready)
-    body = {"status": "ready" if ready else "not_ready", "engines": dict(engines.status) if engines else {},
+    body = {"status": "ready" if ready else "not_ready", "engines": engines.all_status() if engines else {},
             "live_sessions": state.live_sessions}
     return JSONResponse(body, status_code=200 if ready else 503)

@@ -47,7 +47,20 @@ class Settings(BaseSettings):
     llm_threads: int | None = None
 
     # speech
-    tts_engine: str = "espeak"  # "espeak" or "none"
+    vad_model: str | None = None  # Silero ONNX file; default: the one in the silero-vad package
+    stt_engine: str = "auto"  # auto | faster-whisper | pocketsphinx | openai | none
+    stt_model: str | None = None  # faster-whisper: CTranslate2 dir or hub id; remote: model name
+    stt_base_url: str | None = None
+    stt_api_key: SecretStr | None = None
+    stt_timeout_s: float = 30.0
+    stt_threads: int | None = None
+    tts_engine: str = "auto"  # auto | kokoro | espeak | openai | none
+    tts_model: str | None = None  # kokoro .onnx path or hub id; remote: model name
+    tts_voices: str | None = None  # kokoro voices file
+    tts_base_url: str | None = None
+    tts_api_key: SecretStr | None = None
+    tts_timeout_s: float = 30.0
+    tts_voice_map: str | None = None  # "alloy=af_heart,ash=am_michael"
 
     # sessions
     models: CommaList = Field(default_factory=lambda: list(KNOWN_MODELS))

@@ -1,0 +1,161 @@
+"""Choosing and loading the speech engines (VAD, STT, TTS) from settings.
+
+Embedded defaults, as the server logs at start:
+* VAD: Silero (its ONNX model, shipped in the `silero-vad` package, on onnxruntime).
+* STT: faster-whisper when `PARLEY_STT_MODEL` can be loaded (a CTranslate2 directory, or a hub
+  id fetched once), else pocketsphinx (offline, English).  `PARLEY_STT_BASE_URL` selects an
+  OpenAI-compatible `/v1/audio/transcriptions` server instead.
+* TTS: Kokoro when `PARLEY_TTS_MODEL` and `PARLEY_TTS_VOICES` can be loaded, else espeak-ng.
+  `PARLEY_TTS_BASE_URL` selects an OpenAI-compatible `/v1/audio/speech` server instead.
+
+A session picks an STT engine by name with `audio.input.transcription.model` (e.g.
+"pocketsphinx"); any other model name (such as "whisper-1") uses the default engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import EngineError
+from .stt import STTEngine
+from .tts import TTSEngine
+from .vad import VADEngine
+
+log = logging.getLogger("parley.engines")
+
+DEFAULT_STT_MODEL = "Systran/faster-whisper-small.en"
+
+
+def voice_overrides(spec: str | None) -> dict[str, str]:
+    """`alloy=af_heart,ash=am_michael` -> {"alloy": "af_heart", "ash": "am_michael"}."""
+    out: dict[str, str] = {}
+    for pair in (spec or "").split(","):
+        if "=" in pair:
+            name, voice = pair.split("=", 1)
+            out[name.strip()] = voice.strip()
+    return out
+
+
+@dataclass
+class SpeechEngines:
+    vad: VADEngine | None = None
+    stt: dict[str, STTEngine] = field(default_factory=dict)  # by name; "default" is the default
+    tts: TTSEngine | None = None
+    status: dict[str, str] = field(default_factory=dict)
+
+    def stt_for(self, config: dict[str, Any] | None) -> STTEngine | None:
+        name = (config or {}).get("model")
+        if name and name in self.stt:
+            return self.stt[name]
+        return self.stt.get("default")
+
+    async def aclose(self) -> None:
+        seen: set[int] = set()
+        for engine in [*self.stt.values(), self.tts]:
+            if engine is not None and id(engine) not in seen:
+                seen.add(id(engine))
+                try:
+                    await engine.aclose()
+                except Exception:  # noqa: BLE001 - closing must not mask shutdown
+                    log.debug("engine close failed", exc_info=True)
+
+
+def _vad(settings: Any) -> tuple[VADEngine | None, str]:
+    try:
+        from .vad_silero import SileroVAD
+
+        engine = SileroVAD(model_path=settings.vad_model) if settings.vad_model else SileroVAD()
+        engine.stream()  # loads the model now, so a broken install shows at start
+        return engine, "silero (onnxruntime)"
+    except Exception as exc:  # noqa: BLE001
+        return None, f"unavailable: {exc}"
+
+
+async def _stt(settings: Any) -> tuple[dict[str, STTEngine], str]:
+    engines: dict[str, STTEngine] = {}
+    notes = []
+    if settings.stt_base_url:
+        from .stt_openai import OpenAICompatibleSTT
+
+        key = settings.stt_api_key.get_secret_value() if settings.stt_api_key else None
+        engines["openai"] = OpenAICompatibleSTT(settings.stt_base_url, settings.stt_model or "whisper-1", key,
+                                                timeout_s=settings.stt_timeout_s)
+        notes.append(f"openai-compatible {settings.stt_base_url}")
+    choice = settings.stt_engine
+    if choice in ("auto", "faster-whisper") and not (choice == "auto" and settings.stt_base_url):
+        try:
+            from .stt_whisper import FasterWhisperSTT
+
+            whisper = FasterWhisperSTT(settings.stt_model or DEFAULT_STT_MODEL, threads=settings.stt_threads)
+            await whisper.load()
+            engines["faster-whisper"] = whisper
+            notes.append(f"faster-whisper {settings.stt_model or DEFAULT_STT_MODEL}")
+        except (EngineError, ImportError) as exc:
+            notes.append(f"faster-whisper not available ({getattr(exc, 'message', exc)})")
+    if choice in ("auto", "pocketsphinx") or (choice == "faster-whisper" and "faster-whisper" not in engines):
+        try:
+            from .stt_pocketsphinx import PocketSphinxSTT
+
+            engines["pocketsphinx"] = PocketSphinxSTT()
+            notes.append("pocketsphinx (offline, English)")
+        except (EngineError, ImportError) as exc:
+            notes.append(f"pocketsphinx not available ({getattr(exc, 'message', exc)})")
+    for name in ("openai", "faster-whisper", "pocketsphinx"):
+        if name in engines and (choice in ("auto", name) or "default" not in engines):
+            engines["default"] = engines[name]
+            break
+    if "faster-whisper" in engines:
+        engines.setdefault("whisper", engines["faster-whisper"])
+    default = next((n for n, e in engines.items() if n != "default" and e is engines.get("default")), "none")
+    return engines, f"default {default}; " + "; ".join(notes)
+
+
+def _tts(settings: Any) -> tuple[TTSEngine | None, str]:
+    choice = settings.tts_engine
+    overrides = voice_overrides(settings.tts_voice_map)
+    if choice == "none":
+        return None, "disabled (PARLEY_TTS_ENGINE=none)"
+    notes = []
+    if settings.tts_base_url and choice in ("auto", "openai"):
+        from .tts_openai import OpenAICompatibleTTS
+
+        key = settings.tts_api_key.get_secret_value() if settings.tts_api_key else None
+        return (OpenAICompatibleTTS(settings.tts_base_url, settings.tts_model or "tts-1", key,
+                                    timeout_s=settings.tts_timeout_s, voice_overrides=overrides or None),
+                f"openai-compatible {settings.tts_base_url}")
+    if choice in ("auto", "kokoro") and settings.tts_model:
+        try:
+            from .tts_kokoro import KokoroTTS
+
+            return (KokoroTTS(settings.tts_model, settings.tts_voices, voice_overrides=overrides or None),
+                    f"kokoro {settings.tts_model}")
+        except (EngineError, ImportError) as exc:
+            notes.append(f"kokoro not available ({getattr(exc, 'message', exc)})")
+    elif choice in ("auto", "kokoro"):
+        notes.append("kokoro not configured (PARLEY_TTS_MODEL)")
+    try:
+        from .tts_espeak import EspeakTTS
+
+        return EspeakTTS(voice_overrides=overrides or None), "; ".join(notes + ["espeak-ng (embedded)"])
+    except Exception as exc:  # noqa: BLE001
+        return None, "; ".join(notes + [f"espeak-ng not available: {exc}"])
+
+
+def build_speech(settings: Any) -> SpeechEngines:
+    """VAD and TTS now (both load in milliseconds); STT comes from `load_stt`."""
+    speech = SpeechEngines()
+    speech.vad, speech.status["vad"] = _vad(settings)
+    speech.tts, speech.status["tts"] = _tts(settings)
+    speech.status["stt"] = "loading"
+    for stage in ("vad", "tts"):
+        log.info("%s engine: %s", stage, speech.status[stage], extra={"stage": stage})
+    return speech
+
+
+async def load_stt(settings: Any, speech: SpeechEngines) -> None:
+    """Load the STT engines (faster-whisper may take a while) into `speech`."""
+    stt, speech.status["stt"] = await _stt(settings)
+    speech.stt.update(stt)
+    log.info("stt engine: %s", speech.status["stt"], extra={"stage": "stt"})
