@@ -39,6 +39,7 @@ from ..protocol.client_events import parse_client_event
 from ..protocol.errors import ProtocolError
 from .limits import TokenLimiter
 from .listening import VadRunner, run_transcription
+from .queues import Inbox, Outbox, SlowClient
 from .pipeline import run_response
 
 log = logging.getLogger("parley.session")
@@ -69,7 +70,8 @@ class Engines:
 @dataclass
 class RunnerLimits:
     max_event_bytes: int = 15 * 1024 * 1024
-    outbox_size: int = 2048
+    outbox_bytes: int = 4 * 1024 * 1024  # unsent events per session before the loop waits
+    slow_client_timeout_s: float = 10.0  # then the session is closed with 1013
 
 
 class SessionRunner:
@@ -91,13 +93,14 @@ class SessionRunner:
         self.limiter = limiter
         self.limits = limits or RunnerLimits()
         self.clock = clock
-        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self.outbox: asyncio.Queue[Any] = asyncio.Queue(self.limits.outbox_size)
+        self.inbox = Inbox()
+        self.outbox = Outbox(self.limits.outbox_bytes, self.limits.slow_client_timeout_s)
         self._responses: dict[str, asyncio.Task[None]] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._vad: VadRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._close: Close | None = None
+        self._abandon_outbox = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -106,7 +109,7 @@ class SessionRunner:
         expiry = None
         if self.session.setup.expires_at:
             delay = max(0.0, self.session.setup.expires_at - self.clock())
-            expiry = loop.call_later(delay, self.inbox.put_nowait, Expired())
+            expiry = loop.call_later(delay, self.inbox.put_control, Expired())
         writer = asyncio.create_task(self._write(), name=f"{self.session.id}-writer")
         reader = asyncio.create_task(self._read(), name=f"{self.session.id}-reader")
         self._tasks = [writer, reader]
@@ -119,6 +122,11 @@ class SessionRunner:
                 if inp is _CLOSED:
                     break
                 await self._execute(self.session.handle(inp))
+        except SlowClient as exc:
+            log.warning("closing a session whose client does not read", extra={"session_id": self.session.id,
+                                                                               "reason": str(exc)})
+            self._close = Close(1013, "slow_client")
+            self._abandon_outbox = True
         finally:
             if expiry is not None:
                 expiry.cancel()
@@ -137,8 +145,8 @@ class SessionRunner:
 
     async def _drain_outbox(self, writer: asyncio.Task[None]) -> None:
         """Let queued events reach the client (briefly) before closing, then stop the writer."""
-        if not writer.done():
-            self.outbox.put_nowait(_CLOSED) if not self.outbox.full() else None
+        if not writer.done() and not self._abandon_outbox:
+            await self.outbox.end(_CLOSED)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(writer), timeout=2.0)
         writer.cancel()
@@ -161,7 +169,7 @@ class SessionRunner:
         except Exception:
             log.debug("reader stopped", exc_info=True, extra={"session_id": self.session.id})
         finally:
-            self.inbox.put_nowait(_CLOSED)
+            self.inbox.put_control(_CLOSED)
 
     async def _write(self) -> None:
         try:
@@ -172,7 +180,7 @@ class SessionRunner:
                 await self.transport.send(text)
         except Exception:
             log.debug("writer stopped", exc_info=True, extra={"session_id": self.session.id})
-            self.inbox.put_nowait(_CLOSED)
+            self.inbox.put_control(_CLOSED)
 
     # ---- carrying out the core's outputs -----------------------------------------------------
 

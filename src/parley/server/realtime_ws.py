@@ -61,7 +61,8 @@ async def realtime_websocket(ws: WebSocket) -> None:
         Session(setup), WebSocketTransport(ws), Engines(state.engines.llm, state.engines.speech.tts, state.engines.speech.vad,
                                                      state.engines.speech.stt_for),
         key_id=principal.key_id, limiter=state.limiter,
-        limits=RunnerLimits(max_event_bytes=settings.max_event_bytes), clock=state.clock,
+        limits=RunnerLimits(max_event_bytes=settings.max_event_bytes, outbox_bytes=settings.outbox_max_bytes,
+                            slow_client_timeout_s=settings.slow_client_timeout_s), clock=state.clock,
     )
     state.live_sessions += 1
     try:
