@@ -169,7 +169,7 @@ class LlamaCppLLM:
         except ImportError as exc:
             raise EngineError(
                 "The in-process LLM needs llama-cpp-python: pip install 'parley[embedded]' "
-                f"(or point {SETTING} at nothing and use an OpenAI-compatible server).",
+                "(it compiles llama.cpp, a few minutes once).",
                 code="dependency_missing",
             ) from exc
         path = self._resolve_model_file()

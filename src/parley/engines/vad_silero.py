@@ -1,0 +1,162 @@
+"""Silero VAD on onnxruntime, with numpy only (no torch).
+
+The model is the ONNX file that ships inside the PyPI package `silero-vad`
+(`silero_vad/data/silero_vad.onnx`).  Install it without its dependencies, since they
+include torch and several GB of CUDA packages:
+
+    pip install onnxruntime
+    pip install --no-deps silero-vad
+
+`import silero_vad` imports torch, so the file is found from the package's import spec (which
+locates the package without running its `__init__`); `importlib.resources.files()` would
+import it.  An explicit `model_path` (settings: `PARLEY_VAD_MODEL`) is used instead when given.
+
+The model decides on windows of 512 samples at 16 kHz (256 at 8 kHz), 32 ms each.  Every call
+gets the window plus the last 64 (32) samples of the previous one as context, and an LSTM
+state of shape [2, 1, 128] that it returns updated; both are per stream, so each session
+has its own `SileroStream`.  The `InferenceSession` holds only the weights and is shared by
+every stream of the process (onnxruntime's `run` is thread-safe); it runs on one thread per
+call, which is fastest for inputs this small (about 100 µs per window).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parley.engines.errors import EngineError
+
+__all__ = ["SileroStream", "SileroVAD", "default_model_path"]
+
+_PACKAGE = "silero_vad"
+_MODEL_FILE = "silero_vad.onnx"
+_INSTALL = "pip install onnxruntime && pip install --no-deps silero-vad"
+_INPUTS = frozenset({"input", "state", "sr"})
+_STATE_SHAPE = (2, 1, 128)
+#: sample rate -> (window samples, context samples), as the model was trained.
+_GEOMETRY: dict[int, tuple[int, int]] = {16000: (512, 64), 8000: (256, 32)}
+
+_sessions: dict[Path, Any] = {}
+_sessions_lock = threading.Lock()
+
+
+def default_model_path() -> Path:
+    """The ONNX model inside the installed `silero-vad` package (not imported)."""
+    try:
+        spec = importlib.util.find_spec(_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineError(
+            f"Silero VAD model not found: the silero-vad package is not installed ({_INSTALL}), "
+            "or set PARLEY_VAD_MODEL to a silero_vad.onnx file",
+            code="vad_unavailable",
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location) / "data" / _MODEL_FILE
+        if path.is_file():
+            return path
+    raise EngineError(f"the silero-vad package has no data/{_MODEL_FILE}", code="vad_unavailable")
+
+
+def _load_session(path: Path) -> Any:
+    """The process-wide InferenceSession for `path`, created on first use."""
+    with _sessions_lock:
+        session = _sessions.get(path)
+        if session is None:
+            session = _sessions[path] = _new_session(path)
+        return session
+
+
+def _new_session(path: Path) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise EngineError(f"Silero VAD needs onnxruntime ({_INSTALL}): {exc}", code="vad_unavailable") from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise EngineError(f"cannot load the Silero VAD model {path}: {exc}", code="vad_unavailable") from exc
+    names = {i.name for i in session.get_inputs()}
+    if not _INPUTS <= names:
+        raise EngineError(
+            f"{path} is not a Silero VAD v5+ model: its inputs are {sorted(names)}, "
+            f"expected {sorted(_INPUTS)}",
+            code="vad_unavailable",
+        )
+    return session
+
+
+class SileroVAD:
+    """The Silero VAD engine: `stream()` gives each session its own state."""
+
+    name = "silero"
+
+    def __init__(self, model_path: str | Path | None = None, *, sample_rate: int = 16000) -> None:
+        if sample_rate not in _GEOMETRY:
+            raise ValueError(f"Silero VAD runs at {sorted(_GEOMETRY)} Hz, not {sample_rate}")
+        if model_path is None:
+            path = default_model_path()
+        else:
+            path = Path(model_path).expanduser()
+            if not path.is_file():
+                raise EngineError(f"Silero VAD model file not found: {path}", code="vad_unavailable")
+        self.model_path = path.resolve()
+        self.sample_rate = sample_rate
+
+    def stream(self) -> SileroStream:
+        """A new stream; the first one loads the model (a few milliseconds)."""
+        return SileroStream(_load_session(self.model_path), self.sample_rate)
+
+
+class SileroStream:
+    """One session's VAD state: feed int16 audio, get one probability per 32 ms window."""
+
+    def __init__(self, session: Any, sample_rate: int) -> None:
+        self._session = session
+        self.sample_rate = sample_rate
+        self.window_samples, self._context_samples = _GEOMETRY[sample_rate]
+        self._sr = np.array(sample_rate, dtype=np.int64)
+        # The model's input row: [context | window], reused for every call.
+        self._input = np.zeros((1, self._context_samples + self.window_samples), dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the audio so far, as if the stream were new."""
+        self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
+        self._input[:] = 0.0
+        self._pending = np.zeros(0, dtype=np.int16)
+
+    def process(self, pcm: np.ndarray) -> list[float]:
+        """int16 mono at `sample_rate`; one speech probability per completed window, the
+        remainder kept for the next call."""
+        pcm = np.asarray(pcm)
+        if pcm.dtype != np.int16:
+            raise TypeError(f"expected int16 samples, got {pcm.dtype}")
+        if pcm.ndim != 1:
+            raise ValueError(f"expected mono (1-D) samples, got shape {pcm.shape}")
+        audio = np.concatenate((self._pending, pcm)) if self._pending.size else pcm
+        n = self.window_samples
+        whole = audio.size - audio.size % n
+        self._pending = audio[whole:].copy()
+        return [self._window(audio[i : i + n]) for i in range(0, whole, n)]
+
+    def _window(self, samples: np.ndarray) -> float:
+        x = self._input
+        ctx = self._context_samples
+        x[0, :ctx] = x[0, -ctx:]  # the previous window's tail becomes the context
+        np.multiply(samples, 1.0 / 32768.0, out=x[0, ctx:], casting="unsafe")
+        try:
+            out, state = self._session.run(None, {"input": x, "state": self._state, "sr": self._sr})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise EngineError(f"Silero VAD inference failed: {exc}", code="vad_failed") from exc
+        self._state = state
+        return float(out[0, 0])
