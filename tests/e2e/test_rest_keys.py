@@ -100,3 +100,29 @@ def test_refuses_to_listen_beyond_loopback_without_keys() -> None:
 def test_keys_never_reach_the_log(parley) -> None:
     httpx.post(f"{parley.base_url}/realtime/client_secrets", json={}, headers={"Authorization": "Bearer sk-secret-probe"})
     assert parley.api_key not in parley.log() and "sk-secret-probe" not in parley.log()
+
+
+def test_metrics_are_exposed_and_move(parley) -> None:
+    url = f"http://127.0.0.1:{parley.port}/metrics"
+    before = httpx.get(url).text
+    assert "parley_sessions_total" in before and "parley_llm_first_token_seconds" in before
+
+    async def one_turn() -> None:
+        client = AsyncOpenAI(api_key=parley.api_key, base_url=parley.base_url, websocket_base_url=parley.ws_base_url)
+        async with client.realtime.connect(model="gpt-realtime") as conn:
+            await conn.response.create(response={"output_modalities": ["text"]})
+            async for event in conn:
+                if event.type == "response.done":
+                    break
+
+    import asyncio
+
+    asyncio.run(one_turn())
+
+    def value(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    after = httpx.get(url).text
+    assert value(after, "parley_sessions_total") > value(before, "parley_sessions_total")
+    assert value(after, 'parley_responses_total{status="completed"}') > value(before, 'parley_responses_total{status="completed"}')
+    assert value(after, "parley_llm_first_token_seconds_count") > value(before, "parley_llm_first_token_seconds_count")

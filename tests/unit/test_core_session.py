@@ -1185,3 +1185,34 @@ def test_beta_commit_and_out_of_band(beta: Harness) -> None:
     outs = beta.runtime(ModelText(rid, "x")) + beta.runtime(ModelDone(rid))
     assert "conversation.item.created" not in types(outs)
     assert only(outs, "response.done")["response"]["conversation_id"] is None
+
+
+@pytest.mark.parametrize("event", [
+    {"type": "session.update", "session": {"modalities": None}},
+    {"type": "session.update", "session": {"input_audio_format": None}},
+    {"type": "session.update", "session": {"output_audio_format": None}},
+    {"type": "transcription_session.update", "session": {"input_audio_format": None}},
+    {"type": "response.create", "response": {"modalities": None}},
+    {"type": "response.create", "response": {"output_audio_format": None}},
+])
+@pytest.mark.xfail(strict=True, raises=(TypeError, KeyError), reason=(
+    "BUG: parse_client_event (beta) raises on null modalities / audio formats: beta_session_to_ga "
+    "and _beta_to_ga index _BETA_FORMAT[None] and test `'audio' in None`"))
+def test_beta_null_fields_never_raise_from_the_parser(event: dict[str, Any]) -> None:
+    parsed = parse_client_event(json.dumps(event), "beta")
+    h = Harness("beta")
+    h.session.handle(parsed)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: client_events.Metadata bounds values (512) and pairs (16) but not keys (64 chars)"))
+def test_metadata_keys_are_at_most_64_chars(h: Harness) -> None:
+    err = error_of(h.create_response(metadata={"k" * 65: "v"}))
+    assert err["param"] is not None and err["param"].startswith("response.metadata")
+
+
+def test_metadata_limits(h: Harness) -> None:
+    err = error_of(h.create_response(metadata={f"k{i}": "v" for i in range(17)}))
+    assert err["param"] == "response.metadata"
+    err = error_of(h.create_response(metadata={"k": "v" * 513}))
+    assert err["code"] == "string_above_max_length"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from ..core.io import ModelAudio, ModelDone, ModelFailed, ModelText, ModelToolCa
 from ..engines.errors import EngineError
 from ..engines.llm import Finished, LLMEngine, TextDelta, ToolCallDelta
 from ..engines.tts import TTSEngine
+from . import metrics
 from .chunker import SentenceChunker
 
 log = logging.getLogger("parley.pipeline")
@@ -53,8 +55,10 @@ async def run_response(response_id: str, plan: ResponsePlan, llm: LLMEngine, tts
 
 
 async def _text_response(response_id: str, plan: ResponsePlan, llm: LLMEngine, put: Put) -> None:
+    began: float | None = time.monotonic()
     async with contextlib.aclosing(llm.stream(plan.request)) as stream:  # type: ignore[type-var]
         async for ev in stream:
+            began = _first_token(began)
             if isinstance(ev, TextDelta):
                 await put(ModelText(response_id, ev.text))
             elif isinstance(ev, ToolCallDelta):
@@ -70,10 +74,12 @@ async def _audio_response(response_id: str, plan: ResponsePlan, llm: LLMEngine, 
     fmt = AudioFormat.from_session(plan.output_format)
     speaker = asyncio.create_task(_speak(response_id, clauses, tts, plan, fmt, put))
     finished: Finished | None = None
+    began: float | None = time.monotonic()
     try:
         chunker = SentenceChunker()
         async with contextlib.aclosing(llm.stream(plan.request)) as stream:  # type: ignore[type-var]
             async for ev in stream:
+                began = _first_token(began)
                 if isinstance(ev, TextDelta):
                     for piece in chunker.push(ev.text):
                         clauses.put_nowait(piece)
@@ -104,8 +110,11 @@ async def _speak(response_id: str, clauses: asyncio.Queue[Any], tts: TTSEngine, 
         if clause is _END:
             return
         chunks: list[bytes] = []
+        began = time.monotonic()
         async with contextlib.aclosing(tts.synthesize(clause, voice=plan.voice, speed=plan.speed)) as audio:  # type: ignore[type-var]
             async for chunk in audio:
+                if not chunks:
+                    metrics.TTS_FIRST_AUDIO.observe(time.monotonic() - began)
                 chunks.append(chunk)
         pcm = np.frombuffer(b"".join(chunks), dtype="<i2")
         if pcm.size == 0:
@@ -114,6 +123,12 @@ async def _speak(response_id: str, clauses: asyncio.Queue[Any], tts: TTSEngine, 
             for audio_bytes, words, ms in split_clause(pcm, tts.sample_rate, fmt, clause, leading_space=not first):
                 await put(ModelAudio(response_id, audio_bytes, words, ms))
         first = False
+
+
+def _first_token(began: float | None) -> None:
+    if began is not None:
+        metrics.LLM_TTFT.observe(time.monotonic() - began)
+    return None
 
 
 def split_clause(pcm: np.ndarray, rate: int, fmt: AudioFormat, text: str, *, leading_space: bool) -> list[tuple[bytes, str, float]]:

@@ -38,6 +38,7 @@ from ..engines.vad import VADEngine
 from ..protocol.client_events import parse_client_event
 from ..protocol.errors import ProtocolError
 from .limits import TokenLimiter
+from . import metrics
 from .listening import VadRunner, run_transcription
 from .queues import Inbox, Outbox, SlowClient
 from .pipeline import run_response
@@ -85,6 +86,7 @@ class SessionRunner:
         limiter: TokenLimiter,
         limits: RunnerLimits | None = None,
         clock: Callable[[], float] = time.time,
+        transport_name: str = "websocket",
     ) -> None:
         self.session = session
         self.transport = transport
@@ -101,6 +103,9 @@ class SessionRunner:
         self._tasks: list[asyncio.Task[Any]] = []
         self._close: Close | None = None
         self._abandon_outbox = False
+        self.transport_name = transport_name
+        self._speech_end: float | None = None  # wall time of the last speech_stopped
+        self._barge_in: float | None = None  # wall time of a speech_started that interrupts
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -113,6 +118,8 @@ class SessionRunner:
         writer = asyncio.create_task(self._write(), name=f"{self.session.id}-writer")
         reader = asyncio.create_task(self._read(), name=f"{self.session.id}-reader")
         self._tasks = [writer, reader]
+        metrics.SESSIONS_LIVE.inc()
+        metrics.SESSIONS_TOTAL.labels(self.transport_name).inc()
         log.info("session started", extra={"session_id": self.session.id, "key_id": self.key_id,
                                            "dialect": self.session.dialect, "kind": self.session.kind})
         try:
@@ -126,6 +133,7 @@ class SessionRunner:
             log.warning("closing a session whose client does not read", extra={"session_id": self.session.id,
                                                                                "reason": str(exc)})
             self._close = Close(1013, "slow_client")
+            metrics.SLOW_CLIENTS.inc()
             self._abandon_outbox = True
         finally:
             if expiry is not None:
@@ -141,6 +149,7 @@ class SessionRunner:
             if self._close is not None:
                 with contextlib.suppress(Exception):
                     await self.transport.close(self._close.code, self._close.reason)
+            metrics.SESSIONS_LIVE.dec()
             log.info("session ended", extra={"session_id": self.session.id, "key_id": self.key_id})
 
     async def _drain_outbox(self, writer: asyncio.Task[None]) -> None:
@@ -165,7 +174,9 @@ class SessionRunner:
                         f"Event too large: {len(message)} bytes exceeds the maximum of {limit_mib:g} MiB per event.",
                         "event_too_large"))
                     continue
-                await self.inbox.put(parse_client_event(message, self.session.dialect))
+                event = parse_client_event(message, self.session.dialect)
+                metrics.EVENTS_IN.labels("invalid" if isinstance(event, ProtocolError) else event.type).inc()
+                await self.inbox.put(event)
         except Exception:
             log.debug("reader stopped", exc_info=True, extra={"session_id": self.session.id})
         finally:
@@ -185,7 +196,30 @@ class SessionRunner:
     # ---- carrying out the core's outputs -----------------------------------------------------
 
     async def _send_event(self, event: dict[str, Any]) -> None:
+        self._observe(event)
         await self.outbox.put(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+
+    def _observe(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        metrics.EVENTS_OUT.labels(kind).inc()
+        if kind.endswith("audio.delta"):
+            if self._speech_end is not None:
+                metrics.SPEECH_TO_AUDIO.observe(time.monotonic() - self._speech_end)
+                self._speech_end = None
+        elif kind == "input_audio_buffer.speech_stopped":
+            self._speech_end = time.monotonic()
+        elif kind == "input_audio_buffer.speech_started":
+            self._speech_end = None
+            self._barge_in = time.monotonic() if self.session.default_response else None
+        elif kind == "response.done":
+            response = event["response"]
+            metrics.RESPONSES.labels(response["status"]).inc()
+            details = response.get("status_details") or {}
+            if self._barge_in is not None and details.get("reason") == "turn_detected":
+                metrics.BARGE_IN.observe(time.monotonic() - self._barge_in)
+                self._barge_in = None
+        elif kind == "error":
+            metrics.ERRORS.labels(str(event["error"].get("code"))).inc()
 
     async def _execute(self, outputs: list[Output]) -> None:
         for out in outputs:
@@ -218,5 +252,8 @@ class SessionRunner:
                 job = asyncio.create_task(run_transcription(out, self.engines.stt(out.config), self.inbox.put))
                 self._jobs.add(job)
                 job.add_done_callback(self._jobs.discard)
+                if out.item_id is not None:
+                    began = time.monotonic()
+                    job.add_done_callback(lambda _t, b=began: metrics.STT_LATENCY.observe(time.monotonic() - b))
             elif isinstance(out, SessionChanged):
                 pass  # the core reconfigures turn detection itself; engines are chosen per job

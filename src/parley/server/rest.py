@@ -158,6 +158,14 @@ async def models(request: Request) -> Any:
                                        for m in _state(request).settings.models]}
 
 
+@router.get("/metrics")
+async def metrics_endpoint() -> Any:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.responses import Response
+
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 @router.get("/healthz")
 async def healthz() -> Any:
     return {"status": "ok"}
