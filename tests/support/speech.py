@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from parley.audio.formats import PCMA, PCMU
 from parley.audio.resample import resample
 
-__all__ = ["SPEECH_THRESHOLD", "FliteMissing", "Speech", "add_noise", "flite_voices", "make_speech", "silence", "speech_bounds"]
+__all__ = ["SPEECH_THRESHOLD", "FliteMissing", "Speech", "add_noise", "flite_voices", "make_speech", "silence",
+           "speech_bounds", "to_g711"]
 
 SPEECH_THRESHOLD = 100  # |sample| above this (-50 dBFS) is speech
 _CACHE_DIR = Path(tempfile.gettempdir()) / "parley-test-speech"
@@ -99,6 +101,18 @@ def add_noise(pcm: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
     sigma = np.sqrt(power / 10 ** (snr_db / 10))
     noise = np.random.default_rng(seed).normal(0.0, sigma, x.size)
     return np.clip(np.rint(x + noise), -32768, 32767).astype(np.int16)
+
+
+_G711 = {"ulaw": PCMU, "pcmu": PCMU, "g711_ulaw": PCMU, "alaw": PCMA, "pcma": PCMA, "g711_alaw": PCMA}
+
+
+def to_g711(pcm24k: np.ndarray, law: str = "ulaw", *, rate: int = 24000) -> bytes:
+    """int16 audio at `rate` (the wire's 24 kHz by default) -> G.711 bytes at 8 kHz, as a phone
+    bridge would send them.  `law` is "ulaw"/"pcmu"/"g711_ulaw" or "alaw"/"pcma"/"g711_alaw"."""
+    fmt = _G711.get(law.lower())
+    if fmt is None:
+        raise ValueError(f"unknown G.711 law {law!r}; use one of {sorted(_G711)}")
+    return fmt.encode(resample(np.asarray(pcm24k), rate, fmt.rate))
 
 
 def make_speech(text: str, *, voice: str = "slt", lead_ms: float = 500, tail_ms: float = 800,

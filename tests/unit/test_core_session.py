@@ -376,9 +376,6 @@ def test_voice_can_change_until_audio_was_produced() -> None:
     assert types(h.update(audio={"output": {"voice": "cedar", "speed": 1.1}}))[0] == "session.updated"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: voice lock only starts when the audio response *finishes* (Session._finish sets "
-    "audio_produced); assistant audio is already in the conversation after the first ModelAudio"))
 def test_voice_is_locked_as_soon_as_audio_is_streamed() -> None:
     h = Harness()
     h.update(audio={"input": {"turn_detection": None}})
@@ -397,10 +394,6 @@ def test_voice_is_locked_as_soon_as_audio_is_streamed() -> None:
     {"audio": {"output": {"format": None}}},
     {"audio": {"output": {"speed": None}}},
 ])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: merge_update stores null for non-nullable session fields (audio, audio.input/output, "
-    "formats, speed, output_modalities, tools); a later append/response.create or the update "
-    "itself raises TypeError/AttributeError out of Session.handle"))
 def test_null_for_a_non_nullable_field_never_breaks_the_session(session: dict[str, Any]) -> None:
     h = Harness()
     h.update(audio={"input": {"turn_detection": None}})
@@ -596,9 +589,6 @@ def test_bad_inline_audio_is_refused(h: Harness) -> None:
     assert err["code"] == "invalid_value" and err["param"] == "item.content[0].audio"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Session._canonical_item adds object/status to every item, but the GA "
-    "mcp_approval_response item has neither field (SDK RealtimeMcpApprovalResponse)"))
 def test_mcp_approval_response_item_echo_validates(h: Harness) -> None:
     h.client({"type": "conversation.item.create",
               "item": {"type": "mcp_approval_response", "id": "appr_1", "approval_request_id": "mcpr_1",
@@ -1009,9 +999,6 @@ def test_truncate_at_chunk_boundaries(ms: int, heard: str) -> None:
         assert got == heard
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Session.truncate_audio drops the marks after end_ms but records no mark for the partly "
-    "heard chunk, so a repeated truncate at the same point cuts the heard words again"))
 def test_truncate_twice_at_the_same_point_is_idempotent() -> None:
     h = Harness()
     _, item_id = spoken(h)
@@ -1022,9 +1009,6 @@ def test_truncate_twice_at_the_same_point_is_idempotent() -> None:
     assert h.retrieve(item_id)["content"][0]["transcript"] == first
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Session.truncate_audio cuts bytes by the *session* output format, not the format the "
-    "response used (response.create audio.output.format), so G.711 audio keeps too many bytes"))
 def test_truncate_uses_the_format_the_response_spoke_in() -> None:
     h = Harness()
     h.update(audio={"input": {"turn_detection": None}})
@@ -1195,17 +1179,12 @@ def test_beta_commit_and_out_of_band(beta: Harness) -> None:
     {"type": "response.create", "response": {"modalities": None}},
     {"type": "response.create", "response": {"output_audio_format": None}},
 ])
-@pytest.mark.xfail(strict=True, raises=(TypeError, KeyError), reason=(
-    "BUG: parse_client_event (beta) raises on null modalities / audio formats: beta_session_to_ga "
-    "and _beta_to_ga index _BETA_FORMAT[None] and test `'audio' in None`"))
 def test_beta_null_fields_never_raise_from_the_parser(event: dict[str, Any]) -> None:
     parsed = parse_client_event(json.dumps(event), "beta")
     h = Harness("beta")
     h.session.handle(parsed)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: client_events.Metadata bounds values (512) and pairs (16) but not keys (64 chars)"))
 def test_metadata_keys_are_at_most_64_chars(h: Harness) -> None:
     err = error_of(h.create_response(metadata={"k" * 65: "v"}))
     assert err["param"] is not None and err["param"].startswith("response.metadata")

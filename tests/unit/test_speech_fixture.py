@@ -15,7 +15,10 @@ from tests.support.speech import (
     make_speech,
     silence,
     speech_bounds,
+    to_g711,
 )
+from parley.audio.formats import PCMA, PCMU
+from parley.audio.resample import resample
 
 TEXT = "turn off the lights in the kitchen"
 
@@ -149,3 +152,26 @@ def test_speech_bounds_and_errors() -> None:
         speech_bounds(np.zeros(10, dtype=np.int16), 1000)
     with pytest.raises(ValueError):
         add_noise(np.zeros(10, dtype=np.int16), 20)
+
+
+@pytest.mark.parametrize(("law", "fmt"), [("ulaw", PCMU), ("pcma", PCMA), ("g711_ulaw", PCMU)])
+def test_to_g711_is_8khz_telephone_audio(sp: Speech, law: str, fmt) -> None:
+    data = to_g711(sp.pcm, law)
+    assert isinstance(data, bytes)
+    assert len(data) == pytest.approx(sp.pcm.size / 3, abs=3)  # one byte per 8 kHz sample
+    decoded = fmt.decode(data)
+    start, end = speech_bounds(decoded, 8000)
+    assert abs(start - sp.speech_start_ms) < 10 and abs(end - sp.speech_end_ms) < 10
+    reference = resample(sp.pcm, 24000, 8000).astype(np.float64)
+    n = min(reference.size, decoded.size)
+    error = decoded[:n] - reference[:n]
+    assert 10 * np.log10(np.mean(reference**2) / np.mean(error**2)) > 30  # G.711's ~38 dB SQNR
+
+
+def test_to_g711_laws_differ_and_unknown_law_is_an_error(sp: Speech) -> None:
+    assert to_g711(sp.pcm, "ulaw") != to_g711(sp.pcm, "alaw")
+    assert to_g711(sp.pcm, "ulaw") == PCMU.encode(resample(sp.pcm, 24000, 8000))
+    lo = make_speech(TEXT, rate=16000)
+    assert to_g711(lo.pcm, "alaw", rate=16000) == PCMA.encode(resample(lo.pcm, 16000, 8000))
+    with pytest.raises(ValueError, match="G.711"):
+        to_g711(sp.pcm, "opus")

@@ -18,7 +18,8 @@ from parley.audio.resample import resample  # noqa: E402
 from parley.engines.errors import EngineError  # noqa: E402
 from parley.engines.vad import VADEngine, VADStream  # noqa: E402
 from parley.engines.vad_silero import SileroStream, SileroVAD, default_model_path  # noqa: E402
-from tests.support.speech import Speech, add_noise, make_speech, silence  # noqa: E402
+from parley.audio.formats import PCMU  # noqa: E402
+from tests.support.speech import Speech, add_noise, make_speech, silence, to_g711  # noqa: E402
 
 RATE = 16000
 WINDOW_MS = 32.0
@@ -101,14 +102,41 @@ def test_missing_model_file_is_an_engine_error(tmp_path: Path) -> None:
         SileroVAD(model_path=tmp_path / "nope.onnx")
     assert info.value.code == "vad_unavailable"
     assert not info.value.retryable
+    assert "PARLEY_VAD_MODEL" in info.value.message
+
+
+def test_without_the_package_the_error_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import parley.engines.vad_silero as mod
+
+    monkeypatch.setattr(mod, "_PACKAGE", "parley_no_such_package")
+    with pytest.raises(EngineError, match="PARLEY_VAD_MODEL") as info:
+        SileroVAD()
+    assert "--no-deps silero-vad" in info.value.message
 
 
 def test_a_file_that_is_not_a_model_is_an_engine_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"this is not an onnx model")
     engine = SileroVAD(model_path=junk)
-    with pytest.raises(EngineError, match="cannot load the Silero VAD model"):
+    with pytest.raises(EngineError, match="cannot load the Silero VAD model.*PARLEY_VAD_MODEL"):
         engine.stream()
+
+
+def test_an_onnx_model_that_is_not_silero_is_an_engine_error(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "not_silero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    other = tmp_path / "other.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(other))
+    with pytest.raises(EngineError, match="not a Silero VAD.*PARLEY_VAD_MODEL"):
+        SileroVAD(model_path=other).stream()
 
 
 def test_rejects_unsupported_rates_and_input() -> None:
@@ -235,6 +263,15 @@ def test_24khz_wire_audio_resampled_to_16khz(vad: SileroVAD) -> None:
     """What the runtime does with the Realtime API's 24 kHz PCM."""
     sp = make_speech(SENTENCES[0], rate=24000)
     onset, offset = detect(probabilities(vad, resample(sp.pcm, 24000, RATE)))
+    assert abs(onset - sp.speech_start_ms) <= TOLERANCE_MS
+    assert abs(offset - sp.speech_end_ms) <= TOLERANCE_MS
+
+
+def test_phone_audio_g711_at_8khz_resampled_to_16khz(vad: SileroVAD) -> None:
+    """A phone bridge's path: 8 kHz µ-law decoded and resampled up to the model's rate."""
+    sp = make_speech(SENTENCES[0], rate=24000)
+    phone = PCMU.decode(to_g711(sp.pcm, "ulaw"))
+    onset, offset = detect(probabilities(vad, resample(phone, 8000, RATE)))
     assert abs(onset - sp.speech_start_ms) <= TOLERANCE_MS
     assert abs(offset - sp.speech_end_ms) <= TOLERANCE_MS
 

@@ -18,6 +18,7 @@ class StoredAudio:
     data: bytearray = field(default_factory=bytearray)
     duration_ms: float = 0.0
     marks: list[tuple[float, int]] = field(default_factory=list)
+    fmt: dict[str, Any] | None = None  # the wire format the bytes are in
 
 
 class Conversation:

@@ -113,6 +113,8 @@ class ResponseRun:
                 m.audio = self.conversation.audio(item["id"], 0, create=True)
             else:
                 m.audio = StoredAudio()
+            assert m.audio is not None
+            m.audio.fmt = dict(self.output_format)
         else:
             item["content"].append({"type": "output_text", "text": ""})
             part = {"type": "text", "text": ""}

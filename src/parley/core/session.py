@@ -234,8 +234,9 @@ class Session(InputAudioMixin):
         """A created item in the shape the server echoes, plus any audio it carried."""
         item = im.item_to_dict(model)
         item.setdefault("id", self.ids.new("item"))
-        item["object"] = "realtime.item"
-        item["status"] = item.get("status") or "completed"
+        if item["type"] != "mcp_approval_response":  # that item has neither field in the GA schema
+            item["object"] = "realtime.item"
+            item["status"] = item.get("status") or "completed"
         audio: list[bytes] = []
         for i, part in enumerate(item.get("content", [])):
             if part.get("type") == "input_audio":
@@ -320,8 +321,9 @@ class Session(InputAudioMixin):
         assert stored is not None
         part = item["content"][content_index]
         transcript = part.get("transcript") or ""
-        keep_bytes = int(end_ms * bytes_per_ms(self.config["audio"]["output"]["format"]))
-        keep_bytes -= keep_bytes % 2 if self.config["audio"]["output"]["format"]["type"] == "audio/pcm" else 0
+        fmt = stored.fmt or self.config["audio"]["output"]["format"]
+        keep_bytes = int(end_ms * bytes_per_ms(fmt))
+        keep_bytes -= keep_bytes % 2 if fmt["type"] == "audio/pcm" else 0
         del stored.data[keep_bytes:]
         chars, start_ms, start_chars = 0, 0.0, 0
         for mark_ms, mark_chars in stored.marks:
@@ -336,6 +338,8 @@ class Session(InputAudioMixin):
             break
         part["transcript"] = transcript[:chars].rstrip()
         stored.marks = [(m, c) for m, c in stored.marks if m <= end_ms]
+        if not stored.marks or stored.marks[-1][0] < end_ms:
+            stored.marks.append((end_ms, len(part["transcript"])))  # so truncating again here is a no-op
         stored.duration_ms = min(stored.duration_ms, end_ms)
 
     # ---- responses ---------------------------------------------------------------------------
@@ -492,7 +496,12 @@ class Session(InputAudioMixin):
 
     def _on_model_audio(self, inp: ModelAudio) -> list[Output]:
         run = self._run(inp.response_id)
-        return self._sends(run.on_audio(inp.audio, inp.transcript, inp.duration_ms)) if run else []
+        if run is None:
+            return []
+        out = self._sends(run.on_audio(inp.audio, inp.transcript, inp.duration_ms))
+        if run.produced_audio and run.conversation is not None:
+            self.audio_produced = True  # the voice is locked from the first assistant audio on
+        return out
 
     def _on_model_done(self, inp: ModelDone) -> list[Output]:
         run = self._run(inp.response_id)

@@ -170,15 +170,19 @@ class KokoroTTS:
     def _synth(self, text: str, voice: str, speed: float, language: str, job: _Job) -> bytes:
         """Speak `text` to PCM16 bytes (worker thread); b"" once the job is cancelled."""
         with self._lock:
-            if job.cancelled.is_set() or self._kokoro is None:
+            kokoro = self._kokoro
+            if job.cancelled.is_set() or kokoro is None:
                 return b""
             self._session.run_options = job.run_options
             try:
-                audio, rate = self._kokoro.create(text, voice=voice, speed=speed, lang=language)
+                audio, rate = kokoro.create(text, voice=voice, speed=speed, lang=language)
             except Exception as exc:
                 if job.cancelled.is_set():
                     return b""  # onnxruntime's "terminate flag" error
-                raise EngineError(f"Kokoro could not synthesise a text: {exc}", code="tts_error") from exc
+                # kokoro-onnx's ValueErrors quote the text or its phonemes: keep them out of messages.
+                detail = "no phonemes the model knows" if isinstance(exc, ValueError) else str(exc)
+                raise EngineError(f"Kokoro could not synthesise a text ({type(exc).__name__}: {detail})",
+                                  code="tts_error") from (None if isinstance(exc, ValueError) else exc)  # fmt: skip
             finally:
                 self._session.run_options = None
         if rate != SAMPLE_RATE:

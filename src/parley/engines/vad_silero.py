@@ -60,7 +60,11 @@ def default_model_path() -> Path:
         path = Path(location) / "data" / _MODEL_FILE
         if path.is_file():
             return path
-    raise EngineError(f"the silero-vad package has no data/{_MODEL_FILE}", code="vad_unavailable")
+    raise EngineError(
+        f"the silero-vad package has no data/{_MODEL_FILE}; reinstall it ({_INSTALL}) "
+        "or set PARLEY_VAD_MODEL to a silero_vad.onnx file",
+        code="vad_unavailable",
+    )
 
 
 def _load_session(path: Path) -> Any:
@@ -84,12 +88,14 @@ def _new_session(path: Path) -> Any:
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        raise EngineError(f"cannot load the Silero VAD model {path}: {exc}", code="vad_unavailable") from exc
+        raise EngineError(
+            f"cannot load the Silero VAD model {path} (PARLEY_VAD_MODEL): {exc}", code="vad_unavailable"
+        ) from exc
     names = {i.name for i in session.get_inputs()}
     if not _INPUTS <= names:
         raise EngineError(
             f"{path} is not a Silero VAD v5+ model: its inputs are {sorted(names)}, "
-            f"expected {sorted(_INPUTS)}",
+            f"expected {sorted(_INPUTS)}; point PARLEY_VAD_MODEL at a silero_vad.onnx file",
             code="vad_unavailable",
         )
     return session
@@ -108,7 +114,9 @@ class SileroVAD:
         else:
             path = Path(model_path).expanduser()
             if not path.is_file():
-                raise EngineError(f"Silero VAD model file not found: {path}", code="vad_unavailable")
+                raise EngineError(
+                    f"Silero VAD model file not found: {path} (PARLEY_VAD_MODEL)", code="vad_unavailable"
+                )
         self.model_path = path.resolve()
         self.sample_rate = sample_rate
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter
 
 from . import item_models as im
 from . import session_models as sm
@@ -18,7 +18,9 @@ from .errors import ProtocolError
 from .strict import Strict, parse_strict
 
 EventId = Annotated[str, Field(max_length=512)]
-Metadata = Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)]
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+]
 
 
 class _Event(Strict):
@@ -236,6 +238,8 @@ _BETA_FORMAT = {
     "g711_ulaw": {"type": "audio/pcmu"},
     "g711_alaw": {"type": "audio/pcma"},
 }
+_BETA_NULLABLE = {"turn_detection", "input_audio_transcription", "input_audio_noise_reduction", "tracing",
+                  "prompt", "include"}
 _ga_item = TypeAdapter(im.GAItem)
 _ga_input_item = TypeAdapter(im.GAInputItem)
 
@@ -247,6 +251,8 @@ def beta_session_to_ga(s: sm.BetaSessionUpdate | sm.BetaTranscriptionSessionUpda
     audio_in: dict[str, Any] = {}
     audio_out: dict[str, Any] = {}
     for key, value in given.items():
+        if value is None and key not in _BETA_NULLABLE:
+            continue  # beta clients send null for "unchanged"; GA has no null for these
         if key == "input_audio_format":
             audio_in["format"] = _BETA_FORMAT[value]
         elif key == "output_audio_format":
@@ -303,7 +309,7 @@ def _beta_to_ga(event: Any, raw: dict[str, Any]) -> ClientEvent:
         r = event.response
         params: dict[str, Any] = {}
         given = r.model_dump(exclude_unset=True)
-        if "modalities" in given:
+        if given.get("modalities") is not None:
             params["output_modalities"] = ["audio"] if "audio" in r.modalities else ["text"]  # type: ignore[operator]
         for key in ("instructions", "tool_choice", "conversation", "metadata", "prompt", "temperature"):
             if key in given:
@@ -314,9 +320,9 @@ def _beta_to_ga(event: Any, raw: dict[str, Any]) -> ClientEvent:
         if limit is not None:
             params["max_output_tokens"] = limit
         output: dict[str, Any] = {}
-        if "voice" in given:
+        if given.get("voice") is not None:
             output["voice"] = given["voice"]
-        if "output_audio_format" in given:
+        if given.get("output_audio_format") is not None:
             output["format"] = _BETA_FORMAT[given["output_audio_format"]]
         if output:
             params["audio"] = {"output": output}

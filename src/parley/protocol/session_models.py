@@ -174,49 +174,49 @@ Modalities = Annotated[list[Literal["text", "audio"]], Field(min_length=1, max_l
 
 
 class AudioInput(Strict):
-    format: AudioFormat | None = None
+    format: AudioFormat = None  # type: ignore[assignment]
     transcription: Transcription | None = None
     noise_reduction: NoiseReduction | None = None
     turn_detection: TurnDetection | None = None
 
 
 class AudioOutput(Strict):
-    format: AudioFormat | None = None
-    voice: Voice | None = None
-    speed: Annotated[float, Field(ge=0.25, le=1.5)] | None = None
+    format: AudioFormat = None  # type: ignore[assignment]
+    voice: Voice = None  # type: ignore[assignment]
+    speed: Annotated[float, Field(ge=0.25, le=1.5)] = None  # type: ignore[assignment]
 
 
 class AudioConfig(Strict):
-    input: AudioInput | None = None
-    output: AudioOutput | None = None
+    input: AudioInput = None  # type: ignore[assignment]
+    output: AudioOutput = None  # type: ignore[assignment]
 
 
 class RealtimeSessionUpdate(Strict):
     type: Literal["realtime"]
-    model: str | None = None
-    instructions: str | None = None
-    output_modalities: Modalities | None = None
-    audio: AudioConfig | None = None
-    tools: list[Tool] | None = None
-    tool_choice: ToolChoice | None = None
-    max_output_tokens: MaxTokens | None = None
+    model: str = None  # type: ignore[assignment]
+    instructions: str = None  # type: ignore[assignment]
+    output_modalities: Modalities = None  # type: ignore[assignment]
+    audio: AudioConfig = None  # type: ignore[assignment]
+    tools: list[Tool] = None  # type: ignore[assignment]
+    tool_choice: ToolChoice = None  # type: ignore[assignment]
+    max_output_tokens: MaxTokens = None  # type: ignore[assignment]
     tracing: Tracing | None = None
-    truncation: Truncation | None = None
+    truncation: Truncation = None  # type: ignore[assignment]
     prompt: Prompt | None = None
     include: Include | None = None
-    reasoning: Reasoning | None = None
-    parallel_tool_calls: bool | None = None
+    reasoning: Reasoning = None  # type: ignore[assignment]
+    parallel_tool_calls: bool = None  # type: ignore[assignment]
 
 
 class TranscriptionAudioInput(Strict):
-    format: AudioFormat | None = None
+    format: AudioFormat = None  # type: ignore[assignment]
     transcription: Transcription | None = None
     noise_reduction: NoiseReduction | None = None
     turn_detection: TurnDetection | None = None
 
 
 class TranscriptionAudio(Strict):
-    input: TranscriptionAudioInput | None = None
+    input: TranscriptionAudioInput = None  # type: ignore[assignment]
 
 
 class TranscriptionSessionUpdate(Strict):

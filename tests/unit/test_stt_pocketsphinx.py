@@ -1,0 +1,152 @@
+"""PocketSphinxSTT on real (synthetic) speech: flite's `slt` voice, which it understands best.
+
+flite comes from Debian: `apt-get install -y flite`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parley.audio.resample import resample
+from parley.engines.errors import EngineError
+from parley.engines.stt import STTEngine, Transcript, TranscriptDelta
+
+pytest.importorskip("pocketsphinx", reason="pip install pocketsphinx")
+from parley.engines.stt_pocketsphinx import PocketSphinxSTT  # noqa: E402
+
+SENTENCES = [
+    "turn off the lights in the kitchen",
+    "what is the weather like in paris today",
+    "please set a timer for ten minutes",
+    "call my mother tomorrow morning",
+    "how far is the moon from the earth",
+]
+
+
+def flite(text: str, directory: Path) -> np.ndarray:
+    """`text` spoken by flite's slt voice, as it would reach the engine: flite's WAV sent at the
+    wire rate (24 kHz) and resampled to 16 kHz, with 100 ms of silence either side."""
+    if shutil.which("flite") is None:
+        pytest.skip("flite is not installed (apt-get install -y flite)")
+    path = directory / (text.replace(" ", "_") + ".wav")
+    subprocess.run(["flite", "-voice", "slt", "-t", text, "-o", str(path)], check=True, capture_output=True)
+    with wave.open(str(path)) as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+    pcm = resample(resample(pcm, rate, 24000), 24000, 16000)
+    pad = np.zeros(1600, np.int16)
+    return np.concatenate([pad, pcm, pad])
+
+
+def word_errors(ref: str, hyp: str) -> int:
+    """Levenshtein distance between the two word sequences."""
+    r, h = ref.split(), hyp.split()
+    row = list(range(len(h) + 1))
+    for i, rw in enumerate(r, 1):
+        prev, row[0] = row[:], i
+        for j, hw in enumerate(h, 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (rw != hw))
+    return row[-1]
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    directory = tmp_path_factory.mktemp("flite")
+    return {text: flite(text, directory) for text in SENTENCES}
+
+
+@pytest.fixture(scope="module")
+def engine() -> PocketSphinxSTT:
+    return PocketSphinxSTT()  # ~0.25 s, once; aclose() is tested on an engine of its own
+
+
+async def run(engine: PocketSphinxSTT, pcm: np.ndarray, **kwargs: str | None) -> tuple[list[str], Transcript]:
+    events = [ev async for ev in engine.transcribe(pcm, **kwargs)]
+    final = events[-1]
+    assert isinstance(final, Transcript) and all(isinstance(e, TranscriptDelta) for e in events[:-1])
+    return [e.text for e in events[:-1]], final
+
+
+def test_satisfies_the_interface(engine: PocketSphinxSTT) -> None:
+    assert isinstance(engine, STTEngine)
+    assert engine.sample_rate == 16000 and not engine.streams_partials
+
+
+async def test_word_error_rate_on_flite_speech(engine: PocketSphinxSTT, speech: dict[str, np.ndarray]) -> None:
+    """All five sentences at once, as five sessions would send them: they take turns on the one
+    decoder.  English variants of `language` are accepted, and `prompt` is ignored."""
+    languages = ["en", "en-US", None, "en_GB", None]
+    start = time.perf_counter()
+    results = await asyncio.gather(*(run(engine, pcm, language=lang, prompt="ignored")
+                                     for pcm, lang in zip(speech.values(), languages)))  # fmt: skip
+    decode_s = time.perf_counter() - start
+    errors = words = 0
+    for (text, pcm), (deltas, final) in zip(speech.items(), results):
+        errors += word_errors(text, final.text)
+        words += len(text.split())
+        print(f"  {text!r} -> {final.text!r}")
+        assert "".join(deltas) == final.text and len(deltas) == len(final.text.split())
+        assert final.language == "en" and final.audio_seconds == pytest.approx(pcm.size / 16000)
+    audio_s = sum(pcm.size for pcm in speech.values()) / 16000
+    wer = errors / words
+    print(f"pocketsphinx WER {wer:.1%} over {words} words; RTF {decode_s / audio_s:.2f}")
+    assert wer < 0.35
+
+
+async def test_silence_is_an_empty_transcript(engine: PocketSphinxSTT) -> None:
+    deltas, final = await run(engine, np.zeros(4000, np.int16))
+    assert deltas == [] and final.text == ""
+    deltas, final = await run(engine, np.zeros(0, np.int16))
+    assert deltas == [] and final.text == "" and final.audio_seconds == 0.0
+
+
+async def test_other_languages_are_refused(engine: PocketSphinxSTT) -> None:
+    with pytest.raises(EngineError) as info:
+        await run(engine, np.zeros(1600, np.int16), language="de")
+    assert info.value.code == "unsupported_language" and not info.value.retryable
+
+
+async def test_cancelling_stops_the_decoder(engine: PocketSphinxSTT, speech: dict[str, np.ndarray]) -> None:
+    long = np.concatenate([speech[t] for t in SENTENCES] * 8)  # ~2 min of audio: ~20 s of decoding
+
+    async def consume() -> None:
+        async for _ in engine.transcribe(long):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The worker stops at its next one-second slice, so the next turn is not stuck behind it.
+    _, final = await asyncio.wait_for(run(engine, speech[SENTENCES[3]]), 5)
+    assert "tomorrow" in final.text
+
+
+async def test_closed_engine_refuses_work() -> None:
+    engine = PocketSphinxSTT(word_deltas=False, options={"topn": 2})
+    await engine.aclose()
+    with pytest.raises(EngineError) as info:
+        await run(engine, np.zeros(1600, np.int16))
+    assert "closed" in info.value.message
+
+
+def test_missing_model_files_are_an_engine_error(tmp_path: Path) -> None:
+    with pytest.raises(EngineError) as info:
+        PocketSphinxSTT(lm=str(tmp_path / "nope.lm.bin"))
+    assert info.value.code == "model_not_found" and "nope.lm.bin" in info.value.message
+
+
+def test_bad_decoder_options_are_an_engine_error() -> None:
+    with pytest.raises(EngineError) as info:
+        PocketSphinxSTT(options={"no_such_option": 1})
+    assert info.value.code == "engine_unavailable"
