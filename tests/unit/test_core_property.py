@@ -221,37 +221,32 @@ def response_params(*, beta: bool) -> st.SearchStrategy[dict[str, Any]]:
 def valid_event(dialect: str) -> st.SearchStrategy[dict[str, Any]]:
     beta = dialect == "beta"
     ev = lambda kind, **fields: st.fixed_dictionaries({"type": st.just(kind), **fields})  # noqa: E731
-    choices = [
-        ev("session.update", session=beta_session if beta else ga_session),
-        ev("input_audio_buffer.append", audio=audio_b64()),
-        ev("input_audio_buffer.append", audio=audio_b64()),
-        ev("input_audio_buffer.commit"),
-        ev("input_audio_buffer.commit"),
-        ev("response.create"),
-        ev("response.create"),
-        ev("response.create", response=response_params(beta=beta)),
-        ev("conversation.item.create", item=ga_item(beta=beta)),
-        ev("conversation.item.truncate", item_id=ITEM_REF, content_index=st.just(0),
-           audio_end_ms=st.sampled_from([0, 50, 100, 150, 250])),
-        ev("conversation.item.retrieve", item_id=ITEM_REF),
-        ev("input_audio_buffer.clear"),
-        ev("conversation.item.create", item=ga_item(beta=beta)),
-        st.fixed_dictionaries({"type": st.just("conversation.item.create"), "item": ga_item(beta=beta),
-                               "previous_item_id": ITEM_REF}),
-        ev("conversation.item.retrieve", item_id=ITEM_REF),
-        ev("conversation.item.delete", item_id=ITEM_REF),
-        ev("conversation.item.truncate", item_id=ITEM_REF, content_index=st.integers(0, 1),
-           audio_end_ms=st.integers(0, 3000)),
-        ev("response.create"),
-        ev("response.create", response=response_params(beta=beta)),
-        ev("response.cancel"),
-        ev("response.cancel", response_id=RESP_REF),
-        ev("output_audio_buffer.clear"),
+    weighted: list[tuple[int, st.SearchStrategy[dict[str, Any]]]] = [
+        (4, ev("session.update", session=beta_session if beta else ga_session)),
+        (6, ev("input_audio_buffer.append", audio=audio_b64())),
+        (3, ev("input_audio_buffer.commit")),
+        (1, ev("input_audio_buffer.clear")),
+        (5, ev("conversation.item.create", item=ga_item(beta=beta))),
+        (2, st.fixed_dictionaries({"type": st.just("conversation.item.create"), "item": ga_item(beta=beta),
+                                   "previous_item_id": ITEM_REF})),
+        (2, ev("conversation.item.retrieve", item_id=ITEM_REF)),
+        (1, ev("conversation.item.delete", item_id=ITEM_REF)),
+        (2, ev("conversation.item.truncate", item_id=ITEM_REF, content_index=st.just(0),
+               audio_end_ms=st.sampled_from([0, 50, 100, 150, 250]))),
+        (1, ev("conversation.item.truncate", item_id=ITEM_REF, content_index=st.integers(0, 1),
+               audio_end_ms=st.integers(0, 3000))),
+        (4, ev("response.create")),
+        (4, ev("response.create", response=response_params(beta=beta))),
+        (1, ev("response.cancel")),
+        (1, ev("response.cancel", response_id=RESP_REF)),
+        (1, ev("output_audio_buffer.clear")),
     ]
     if beta:
-        choices.append(ev("transcription_session.update", session=optional_fields(input_audio_format=fmt_beta)))
+        weighted.append((1, ev("transcription_session.update", session=optional_fields(input_audio_format=fmt_beta))))
+    table = [strategy for weight, strategy in weighted for _ in range(weight)]
+    choices = st.sampled_from(table).flatmap(lambda strategy: strategy)
     with_event_id = st.none() | st.text(max_size=10)
-    return st.tuples(st.one_of(choices), with_event_id).map(
+    return st.tuples(choices, with_event_id).map(
         lambda t: t[0] if t[1] is None else {**t[0], "event_id": t[1]})
 
 
@@ -361,8 +356,7 @@ RUNTIME = st.one_of(
     st.tuples(st.just("text"), _idx, short_text),
     st.tuples(st.just("tool"), _idx, st.integers(0, 2), st.sampled_from(["", "{", '"a": 1', "}"]),
               st.none() | st.sampled_from(["f", "get_weather"])),
-    st.tuples(st.just("audio"), _idx, st.sampled_from([0, 40, 100, 200]) | st.integers(0, 400), short_text),
-    st.tuples(st.just("audio"), _idx, st.sampled_from([0, 40, 100, 200]) | st.integers(0, 400), short_text),
+    *[st.tuples(st.just("audio"), _idx, st.sampled_from([0, 40, 100, 200]) | st.integers(0, 400), short_text)] * 3,
     st.tuples(st.just("done"), _idx, st.sampled_from(["stop", "length", "content_filter", "tool_calls"])),
     st.tuples(st.just("failed"), _idx, short_text),
     st.tuples(st.just("stale"), _idx, short_text),
@@ -407,7 +401,8 @@ def client_messages(dialect: str) -> st.SearchStrategy[Any]:
     """A client message: a dict (placeholders resolved before sending) or raw text."""
     valid = valid_event(dialect)
     junk = st.one_of(_RANDOM_DICT, json_ish.map(json.dumps), st.text(max_size=20))
-    return st.one_of(valid, valid, valid, valid, valid, valid, valid.flatmap(mutated), valid.flatmap(mutated), junk)
+    table = [valid] * 15 + [valid.flatmap(mutated)] * 4 + [junk]
+    return st.sampled_from(table).flatmap(lambda strategy: strategy)
 
 
 CLIENT = {"ga": client_messages("ga"), "beta": client_messages("beta")}

@@ -1,0 +1,92 @@
+"""Engines chosen by settings, in a real server: remote OpenAI-compatible STT and TTS servers
+(scripted), and the embedded faster-whisper and Kokoro engines on tiny fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+
+from tests.e2e.conftest import Checked
+from tests.support.parley_server import ParleyServer
+from tests.support.scripted_llm import Text
+from tests.support.scripted_stt import ScriptedSTTServer
+from tests.support.scripted_stt import Text as SpokenText
+from tests.support.scripted_tts import ScriptedTTSServer, tone_samples
+from tests.support.speech import make_speech
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def _wait_ready(server: ParleyServer) -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        r = httpx.get(f"http://127.0.0.1:{server.port}/readyz")
+        if r.status_code == 200:
+            return r.json()
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.1)
+
+
+async def _voice_turn(server: ParleyServer, llm, reply: str, transcription: dict) -> list[dict]:
+    client = AsyncOpenAI(api_key=server.api_key, base_url=server.base_url, websocket_base_url=server.ws_base_url)
+    speech = make_speech("what is the weather like today", lead_ms=200, tail_ms=200)
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        rt = Checked(conn, "ga")
+        await rt.until("session.created")
+        await conn.session.update(session={"type": "realtime", "audio": {"input": {
+            "turn_detection": None, "transcription": transcription}}})
+        await rt.until("session.updated")
+        await conn.input_audio_buffer.append(audio=base64.b64encode(speech.pcm_bytes()).decode())
+        await conn.input_audio_buffer.commit()
+        llm.enqueue(Text(reply))
+        await conn.response.create()
+        return await asyncio.wait_for(rt.until("response.done"), 20)
+
+
+async def test_remote_stt_and_tts_servers(scripted_llm, llm) -> None:
+    with ScriptedSTTServer() as stt, ScriptedTTSServer() as tts:
+        stt.enqueue(SpokenText("what is the weather like today"))
+        env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_STT_BASE_URL": stt.base_url,
+               "PARLEY_STT_MODEL": "whisper-large", "PARLEY_TTS_BASE_URL": tts.base_url, "PARLEY_TTS_MODEL": "tts-x"}
+        with ParleyServer(env, name="remote-speech") as server:
+            status = _wait_ready(server)["engines"]
+            assert "openai-compatible" in status["stt"] and "openai-compatible" in status["tts"]
+            reply = "It is sunny."
+            events = await _voice_turn(server, llm, reply, {"model": "gpt-4o-transcribe", "language": "en"})
+    deltas = [e["delta"] for e in events if e["type"] == "conversation.item.input_audio_transcription.delta"]
+    done = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert done["transcript"] == "what is the weather like today" and "".join(deltas) == done["transcript"]
+    assert done["usage"]["type"] == "tokens"
+    assert stt.requests[0]["model"] == "whisper-large" and stt.requests[0]["language"] == "en"
+    assert llm.requests[-1]["messages"][-1]["content"] == "what is the weather like today"
+    assert tts.requests[0]["input"] == reply and tts.requests[0]["model"] == "tts-x"
+    assert tts.requests[0]["voice"] == "alloy" and tts.requests[0]["response_format"] == "pcm"
+    audio = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+    assert len(audio) // 2 == tone_samples(reply)
+
+
+async def test_embedded_whisper_and_kokoro_on_tiny_models(scripted_llm, llm, tmp_path) -> None:
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("kokoro_onnx")
+    from tests.support.tiny_kokoro import write_fixture
+
+    model, voices = write_fixture(tmp_path)
+    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_STT_ENGINE": "faster-whisper",
+           "PARLEY_STT_MODEL": str(FIXTURES / "tiny-whisper-ct2"), "PARLEY_TTS_MODEL": str(model),
+           "PARLEY_TTS_VOICES": str(voices)}
+    with ParleyServer(env, name="tiny-engines") as server:
+        status = _wait_ready(server)["engines"]
+        assert status["stt"].startswith("default faster-whisper") and status["tts"].startswith("kokoro")
+        events = await _voice_turn(server, llm, "Hello there.", {"model": "whisper-1"})
+    # random weights: the words are nonsense, but they came from the model through the real code
+    assert any(e["type"] == "conversation.item.input_audio_transcription.completed" for e in events)
+    audio = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
+    pcm = np.frombuffer(audio, dtype="<i2")
+    assert pcm.size > 2400 and np.abs(pcm).max() > 1000
