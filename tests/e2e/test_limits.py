@@ -12,19 +12,19 @@ from tests.support.parley_server import ParleyServer
 
 
 async def test_session_expires_with_an_error_and_a_close(scripted_llm) -> None:
-    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_SESSION_MAX_MINUTES": "0.03"}
+    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_SESSION_MAX_MINUTES": "0.04"}
     with ParleyServer(env, name="expiry") as server:
         url = f"{server.ws_base_url}/realtime?model=gpt-realtime"
         started = time.monotonic()
         async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {server.api_key}"}) as ws:
             created = json.loads(await ws.recv())
-            assert created["session"]["expires_at"] <= int(time.time()) + 3
+            assert created["session"]["expires_at"] <= int(time.time()) + 4
             event = json.loads(await ws.recv())
             assert event["type"] == "error" and event["error"]["code"] == "session_expired"
             assert "maximum duration" in event["error"]["message"]
             await ws.wait_closed()
             assert ws.close_code == 1000
-        assert 1.0 < time.monotonic() - started < 6.0
+        assert 1.5 < time.monotonic() - started < 15.0  # 2.4 s, with room for a loaded CI machine
 
 
 async def test_oversized_event_gets_an_error_and_the_session_goes_on(parley) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -57,10 +58,13 @@ class ParleyServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"parley exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.scheme}://127.0.0.1:{self.port}/healthz", timeout=1, verify=False).status_code == 200:
+                ready = httpx.get(f"{self.scheme}://127.0.0.1:{self.port}/readyz", timeout=1, verify=False)
+                # up, and every engine has finished loading (or failed to): nothing says "loading"
+                if ready.status_code in (200, 503) and "loading" not in json.dumps(ready.json()["engines"]):
                     return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
         raise RuntimeError(f"parley did not start: {self.log_path.read_text()[-2000:]}")
 
     def stop(self) -> None:

@@ -216,6 +216,8 @@ class ScriptedTTSServer:
                 if hang_at is not None and sent >= hang_at:
                     await self._sleep(reply.seconds, request)  # type: ignore[union-attr]
                     hang_at = None
+                    if await request.is_disconnected():
+                        return  # the client left during the hang: abandoned, not completed
                 yield piece
                 sent += len(piece)
             done = True

@@ -356,7 +356,7 @@ RUNTIME = st.one_of(
     st.tuples(st.just("text"), _idx, short_text),
     st.tuples(st.just("tool"), _idx, st.integers(0, 2), st.sampled_from(["", "{", '"a": 1', "}"]),
               st.none() | st.sampled_from(["f", "get_weather"])),
-    *[st.tuples(st.just("audio"), _idx, st.sampled_from([0, 40, 100, 200]) | st.integers(0, 400), short_text)] * 3,
+    *[st.tuples(st.just("audio"), _idx, st.sampled_from([40, 100, 200]) | st.integers(0, 400), short_text)] * 3,
     st.tuples(st.just("done"), _idx, st.sampled_from(["stop", "length", "content_filter", "tool_calls"])),
     st.tuples(st.just("failed"), _idx, short_text),
     st.tuples(st.just("stale"), _idx, short_text),

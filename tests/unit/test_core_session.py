@@ -1180,9 +1180,35 @@ def test_beta_commit_and_out_of_band(beta: Harness) -> None:
     {"type": "response.create", "response": {"output_audio_format": None}},
 ])
 def test_beta_null_fields_never_raise_from_the_parser(event: dict[str, Any]) -> None:
-    parsed = parse_client_event(json.dumps(event), "beta")
     h = Harness("beta")
-    h.session.handle(parsed)
+    outs = h.client(event)  # validated by the harness
+    assert types(outs)[0] in ("session.updated", "response.created", "error")
+
+
+@pytest.mark.parametrize("event", [
+    {"type": "session.update", "session": {"tools": [{"name": "get_weather"}]}},
+    {"type": "response.create", "response": {"tools": [{"name": "get_weather"}]}},
+])
+def test_beta_tools_without_type_never_raise_from_the_parser(event: dict[str, Any]) -> None:
+    h = Harness("beta")
+    h.update(turn_detection=None, modalities=["text"])
+    outs = h.client(event)
+    assert types(outs)[0] in ("session.updated", "response.created")
+    if types(outs)[0] == "session.updated":  # the beta `type` default is filled in
+        assert events(outs)[0]["session"]["tools"] == [{"type": "function", "name": "get_weather"}]
+
+
+def test_a_reply_budget_larger_than_the_context_never_drops_the_whole_conversation() -> None:
+    h = Harness(context_tokens=4096)
+    h.text_mode()
+    h.update(max_output_tokens=4096, instructions="")
+    h.user_text("hello")
+    outs = h.create_response()
+    starts = [o for o in outs if isinstance(o, StartResponse)]
+    if starts:
+        assert starts[0].plan.request.messages[-1:] == [{"role": "user", "content": "hello"}]
+    else:
+        assert only(outs, "response.done")["response"]["status"] == "failed"
 
 
 def test_metadata_keys_are_at_most_64_chars(h: Harness) -> None:

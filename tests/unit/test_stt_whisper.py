@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,3 +140,62 @@ async def test_unknown_name_is_refused_without_the_hub() -> None:
         await engine.load()
     await engine.aclose()
     assert "PARLEY_STT_MODEL" in info.value.message
+
+
+class _SteppedWhisper:
+    """Stands in for a loaded `WhisperModel`: yields its segments one at a time, each only when
+    the test releases it, so the test can see each delta arrive before the next is decoded."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.release = [threading.Event() for _ in texts]
+        self.calls: list[dict[str, object]] = []
+
+    def transcribe(self, audio: np.ndarray, **kwargs: object) -> tuple[Iterator[SimpleNamespace], SimpleNamespace]:
+        self.calls.append({"seconds": audio.size / 16000, "dtype": audio.dtype, **kwargs})
+
+        def segments() -> Iterator[SimpleNamespace]:
+            for text, go in zip(self.texts, self.release):
+                assert go.wait(5)
+                yield SimpleNamespace(text=text)
+
+        return segments(), SimpleNamespace(language="fr")
+
+
+async def test_each_segment_is_a_delta_as_soon_as_it_is_decoded() -> None:
+    engine = FasterWhisperSTT("unused", beam_size=2, temperature=0.0)
+    stub = _SteppedWhisper([" Bonjour.", " Comment allez-vous ?"])
+    engine._whisper = stub  # as if load() had run
+    stream = engine.transcribe(noise(1.0), language="fr-FR", prompt="salut")
+    stub.release[0].set()
+    assert await asyncio.wait_for(anext(stream), 5) == TranscriptDelta("Bonjour.")
+    stub.release[1].set()
+    assert await asyncio.wait_for(anext(stream), 5) == TranscriptDelta(" Comment allez-vous ?")
+    final = await asyncio.wait_for(anext(stream), 5)
+    assert final == Transcript("Bonjour. Comment allez-vous ?", language="fr", audio_seconds=1.0)
+    [call] = stub.calls
+    assert call["language"] == "fr" and call["initial_prompt"] == "salut" and call["dtype"] == np.float32
+    assert call["beam_size"] == 2 and call["temperature"] == 0.0 and call["vad_filter"] is False
+    await engine.aclose()
+
+
+async def test_unreachable_hub_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No HF_HUB_OFFLINE, but no network either: huggingface_hub wraps the connection error."""
+    from faster_whisper import utils
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(*args: object, **kwargs: object) -> str:
+        assert kwargs["local_files_only"] is False
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except ConnectionRefusedError as exc:
+            raise LocalEntryNotFoundError("cannot find the requested files in the local cache") from exc
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(utils, "download_model", unreachable)
+    engine = FasterWhisperSTT("small.en")
+    with pytest.raises(EngineError) as info:
+        await engine.load()
+    await engine.aclose()
+    assert info.value.retryable and info.value.code == "model_unavailable"
+    assert "PARLEY_STT_MODEL" in info.value.message and "could not be reached" in info.value.message

@@ -135,11 +135,9 @@ def truncate(
     if policy == "disabled":
         return None
     dropped = 0
-    while messages and total > target:
+    while total > target and dropped < len(messages) - 1:  # the newest message always stays
         total -= sizes[dropped]
         dropped += 1
-        if dropped == len(messages):
-            break
     kept = messages[dropped:]
     # never start with a tool result whose call was dropped, nor with a lone assistant tool call
     return _drop_orphan_tool_results(kept), dropped

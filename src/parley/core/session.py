@@ -434,7 +434,8 @@ class Session(InputAudioMixin):
         max_out = run.max_output_tokens
         messages = context.items_to_messages(items)
         system = [{"role": "system", "content": pending.instructions}] if pending.instructions else []
-        reserve = max_out if isinstance(max_out, int) else min(1024, self.setup.context_tokens // 4)
+        # room for the reply, but never more than half the context: the conversation must fit too
+        reserve = min(max_out if isinstance(max_out, int) else 1024, self.setup.context_tokens // 2)
         budget = self.setup.context_tokens - reserve - sum(context.message_tokens(m) for m in system)
         fitted = context.truncate(messages, budget=max(budget, 0), policy=self.config.get("truncation", "auto"))
         if fitted is None:

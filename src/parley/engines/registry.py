@@ -59,7 +59,7 @@ class EngineSet:
 
     @property
     def ready(self) -> bool:
-        return self.llm.ready and self.speech.status.get("stt") != "loading"
+        return self.llm.ready and "loading" not in (self.speech.status.get("stt"), self.speech.status.get("tts"))
 
     def all_status(self) -> dict[str, str]:
         return {**self.status, **self.speech.status}

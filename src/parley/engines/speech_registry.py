@@ -14,6 +14,7 @@ A session picks an STT engine by name with `audio.input.transcription.model` (e.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,18 +145,19 @@ def _tts(settings: Any) -> tuple[TTSEngine | None, str]:
 
 
 def build_speech(settings: Any) -> SpeechEngines:
-    """VAD and TTS now (both load in milliseconds); STT comes from `load_stt`."""
+    """VAD now (milliseconds); TTS and STT come from `load_stt` in the background."""
     speech = SpeechEngines()
     speech.vad, speech.status["vad"] = _vad(settings)
-    speech.tts, speech.status["tts"] = _tts(settings)
-    speech.status["stt"] = "loading"
-    for stage in ("vad", "tts"):
-        log.info("%s engine: %s", stage, speech.status[stage], extra={"stage": stage})
+    speech.status["stt"] = speech.status["tts"] = "loading"
+    log.info("vad engine: %s", speech.status["vad"], extra={"stage": "vad"})
     return speech
 
 
 async def load_stt(settings: Any, speech: SpeechEngines) -> None:
-    """Load the STT engines (faster-whisper may take a while) into `speech`."""
+    """Load TTS (a Kokoro model may take a second, a hub download longer) and the STT engines
+    (faster-whisper likewise) into `speech`, off the event loop."""
+    speech.tts, speech.status["tts"] = await asyncio.to_thread(_tts, settings)
+    log.info("tts engine: %s", speech.status["tts"], extra={"stage": "tts"})
     stt, speech.status["stt"] = await _stt(settings)
     speech.stt.update(stt)
     log.info("stt engine: %s", speech.status["stt"], extra={"stage": "stt"})

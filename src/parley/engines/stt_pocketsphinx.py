@@ -4,14 +4,16 @@ The `pocketsphinx` package ships CMU's US English model (acoustic model, a 3-gra
 model and a pronouncing dictionary, 37 MB), so this engine needs no download and no other
 server: the fallback when no Whisper model can be loaded.  It is far less accurate than Whisper
 (about 9% word errors on clear synthetic speech, much worse on noisy or accented speech) but
-fast (real-time factor ~0.1-0.2 on one core).
+fast (real-time factor ~0.2 on one core).
 
 One decoder is created up front (~0.25 s) and shared: decoding runs in the engine's own
 one-thread executor under a lock, so concurrent sessions take turns and the event loop never
 blocks.  Audio is fed in one-second slices, and cancelling the consumer sets a flag checked
-between slices, so abandoned work stops within about 0.2 s.  PocketSphinx has no useful partial
-results (its hypothesis changes until the end), so the transcript comes at the end: one delta
-per word (when `word_deltas` is on), then the whole `Transcript`.
+between slices, so abandoned work stops within a fraction of a second.  PocketSphinx has no
+useful partial results (its hypothesis changes until the end), so the transcript comes at the
+end: one delta per word (when `word_deltas` is on), then the whole `Transcript`.  The decoder
+adapts its cepstral mean normalisation across turns, so a result can depend a little on the
+audio decoded before it.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class PocketSphinxSTT:
         `prompt` is ignored (PocketSphinx cannot use one)."""
         pcm = np.asarray(pcm)
         if pcm.dtype != np.int16 or pcm.ndim != 1:
-            raise TypeError(f"expected mono int16 samples, got {pcm.dtype} with shape {pcm.shape}")
+            raise EngineError(f"expected mono int16 samples, got {pcm.dtype} {pcm.shape}", code="invalid_audio")
         if language and language.lower().split("-")[0].split("_")[0] not in ("en", "english"):
             raise EngineError(
                 f"pocketsphinx transcribes English only, not {language!r}; configure a Whisper model "

@@ -21,8 +21,10 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,8 +39,10 @@ SETTING = "PARLEY_STT_MODEL"
 
 class FasterWhisperSTT:
     """`threads`: CPU threads per transcription (None: CTranslate2's default, 4 or
-    OMP_NUM_THREADS).  `download_root`: the hub cache to use instead of Hugging Face's.
-    `options` go to `WhisperModel.transcribe` as they are (e.g. `{"temperature": 0.0}`)."""
+    OMP_NUM_THREADS).  `cache_dir`: the hub cache to use instead of Hugging Face's.
+    `local_files_only` (or HF_HUB_OFFLINE=1 in the environment when `load()` runs): use the hub
+    cache only, never the network.  Other keyword arguments go to `WhisperModel.transcribe` as
+    they are (e.g. `temperature=0.0`, `condition_on_previous_text=False`)."""
 
     name = "faster-whisper"
     sample_rate = 16000
@@ -53,9 +57,9 @@ class FasterWhisperSTT:
         compute_type: str = "int8",
         workers: int = 1,
         beam_size: int = 5,
-        download_root: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
-        options: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> None:
         self.model = model
         self.threads = threads
@@ -63,11 +67,12 @@ class FasterWhisperSTT:
         self.compute_type = compute_type
         self.workers = max(1, workers)
         self.beam_size = beam_size
-        self.download_root = download_root
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         self.local_files_only = local_files_only
-        self.options = dict(options or {})
+        self.options = options
+        self.model_path: Path | None = None  # the local directory, once loaded
         self._whisper: Any = None
-        self._load_lock = asyncio.Lock()
+        self._load_lock = threading.Lock()  # not asyncio's: the engine may serve several loops
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=self.workers,
                                                                        thread_name_prefix="whisper")
 
@@ -79,11 +84,9 @@ class FasterWhisperSTT:
         return self._whisper is not None
 
     async def load(self) -> None:
-        """Load (downloading first if need be) the model; does nothing once loaded."""
-        async with self._load_lock:
-            if self._whisper is None:
-                executor = self._running_executor()
-                self._whisper = await asyncio.get_running_loop().run_in_executor(executor, self._load_blocking)
+        """Load the model (fetching it from the hub first if need be); does nothing once loaded."""
+        if self._whisper is None:
+            await asyncio.get_running_loop().run_in_executor(self._running_executor(), self._load_once)
 
     async def aclose(self) -> None:
         if self._executor is not None:
@@ -93,21 +96,26 @@ class FasterWhisperSTT:
 
     # --- loading ---------------------------------------------------------------------------
 
-    def _load_blocking(self) -> Any:
-        try:
-            from faster_whisper import WhisperModel
-        except ImportError as exc:
-            raise EngineError("faster-whisper is not installed (pip install faster-whisper)",
-                              code="engine_unavailable") from exc  # fmt: skip
-        path = self._model_dir()
-        try:
-            whisper = WhisperModel(path, device=self.device, compute_type=self.compute_type,
-                                   cpu_threads=self.threads or 0, num_workers=self.workers)  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - ctranslate2 raises RuntimeError/ValueError, the hub its own
-            raise EngineError(f"{SETTING}={self.model!r}: faster-whisper could not load {path}: {exc}",
-                              code="model_load_failed") from exc  # fmt: skip
-        log.info("faster-whisper model loaded", extra={"model": self.model, "path": path})
-        return whisper
+    def _load_once(self) -> None:
+        with self._load_lock:
+            if self._whisper is not None:
+                return
+            try:
+                from faster_whisper import WhisperModel
+            except ImportError as exc:
+                raise EngineError("faster-whisper is not installed (pip install faster-whisper)",
+                                  code="engine_unavailable") from exc  # fmt: skip
+            path = self._model_dir()
+            start = time.perf_counter()
+            try:
+                whisper = WhisperModel(path, device=self.device, compute_type=self.compute_type,
+                                       cpu_threads=self.threads or 0, num_workers=self.workers)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - ctranslate2 raises RuntimeError/ValueError
+                raise EngineError(f"{SETTING}={self.model!r}: faster-whisper could not load {path}: {exc}",
+                                  code="model_load_failed") from exc  # fmt: skip
+            log.info("faster-whisper model loaded",
+                     extra={"model": self.model, "seconds": round(time.perf_counter() - start, 2)})  # fmt: skip
+            self.model_path, self._whisper = Path(path), whisper
 
     def _model_dir(self) -> str:
         """The local directory of the model, fetched from the hub if `model` is not one."""
@@ -117,11 +125,11 @@ class FasterWhisperSTT:
                 if not os.path.isfile(os.path.join(model, needed)):
                     hint = " (convert with --copy_files tokenizer.json)" if needed == "tokenizer.json" else ""
                     raise EngineError(f"{SETTING}={self.model!r} is a directory without {needed}{hint}; "
-                                      "it must be a CTranslate2 Whisper model", code="model_not_found")  # fmt: skip
+                                      "it must hold a CTranslate2 Whisper model", code="model_not_found")  # fmt: skip
             return model
         if _looks_like_path(self.model):
-            raise EngineError(f"{SETTING}={self.model!r}: no such directory (a CTranslate2 Whisper model "
-                              "directory, a size such as 'small.en' or a hub id)", code="model_not_found")  # fmt: skip
+            raise EngineError(f"{SETTING}={self.model!r}: no such directory (expected a CTranslate2 Whisper "
+                              "model directory, a size such as 'small.en', or a hub id)", code="model_not_found")  # fmt: skip
         return self._download()
 
     def _download(self) -> str:
@@ -130,18 +138,29 @@ class FasterWhisperSTT:
         if "/" not in self.model and self.model not in available_models():
             raise EngineError(f"{SETTING}={self.model!r} is not a directory, a hub id or a Whisper size "
                               f"({', '.join(available_models())})", code="model_not_found")  # fmt: skip
-        log.info("fetching the STT model from the model hub (once; it is cached)", extra={"model": self.model})
+        offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        cache_only = self.local_files_only or offline_env
+        log.info("fetching the STT model from the model hub (once; it is cached)",
+                 extra={"model": self.model, "cache_only": cache_only})  # fmt: skip
         try:
-            return download_model(self.model, local_files_only=self.local_files_only, cache_dir=self.download_root)
+            return download_model(self.model, local_files_only=cache_only, cache_dir=self.cache_dir)
         except Exception as exc:  # noqa: BLE001 - huggingface_hub's many errors, and httpx's
-            offline = _hub_offline(exc) or self.local_files_only
+            unreachable = not cache_only and _caused_by(exc, {"TransportError", "ConnectionError", "TimeoutException"})
+            if unreachable:
+                why = "the hub could not be reached"
+            elif cache_only:
+                flag = "HF_HUB_OFFLINE" if offline_env else "local_files_only"
+                why = f"{flag} is set and it is not in the hub cache"
+            else:
+                why = "the hub could not provide it"
+            detail = " ".join(str(exc).split())[:300] or repr(exc)
             raise EngineError(
-                f"{SETTING}={self.model!r}: could not fetch it from the model hub "
-                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})"
-                f"; where the hub cannot be reached, set {SETTING} to a local CTranslate2 directory "
-                "(e.g. `huggingface-cli download Systran/faster-whisper-small.en --local-dir DIR` elsewhere)",
-                code="model_not_found",
-                retryable=not offline,
+                f"{SETTING}={self.model!r}: cannot load it from the model hub: {why} ({type(exc).__name__}: "
+                f"{detail}). Where the hub cannot be reached, set {SETTING} to a local CTranslate2 directory "
+                "(fetch one elsewhere, e.g. `huggingface-cli download Systran/faster-whisper-small.en "
+                "--local-dir DIR`)",
+                code="model_unavailable" if unreachable else "model_not_found",
+                retryable=unreachable,
             ) from exc
 
     def _running_executor(self) -> ThreadPoolExecutor:
@@ -158,7 +177,7 @@ class FasterWhisperSTT:
         an ISO-639-1 code ("en"; "en-US" is read as "en"); None detects it (multilingual models)."""
         pcm = np.asarray(pcm)
         if pcm.dtype != np.int16 or pcm.ndim != 1:
-            raise TypeError(f"expected mono int16 samples, got {pcm.dtype} with shape {pcm.shape}")
+            raise EngineError(f"expected mono int16 samples, got {pcm.dtype} {pcm.shape}", code="invalid_audio")
         seconds = pcm.size / self.sample_rate
         if pcm.size == 0:
             yield Transcript("", language=language, audio_seconds=0.0)
@@ -178,10 +197,9 @@ class FasterWhisperSTT:
 
         def work() -> None:
             try:
-                segments, info = whisper.transcribe(
-                    pcm.astype(np.float32) / 32768.0, language=lang, initial_prompt=prompt or None,
-                    beam_size=self.beam_size, vad_filter=False, **self.options,
-                )  # fmt: skip
+                options = {"beam_size": self.beam_size, "vad_filter": False, **self.options}
+                segments, info = whisper.transcribe(pcm.astype(np.float32) / 32768.0, language=lang,
+                                                    initial_prompt=prompt or None, **options)  # fmt: skip
                 put("info", info)
                 for segment in segments:  # lazy: each step decodes (part of) a 30 s window
                     if abort.is_set():
@@ -192,7 +210,10 @@ class FasterWhisperSTT:
             else:
                 put("end", None)
 
-        future = loop.run_in_executor(executor, work)
+        try:
+            loop.run_in_executor(executor, work)  # reports through `queue`, never raises
+        except RuntimeError as exc:  # shut down by aclose() meanwhile
+            raise EngineError("the faster-whisper engine is closed", code="stt_unavailable") from exc
         detected: str | None = None
         parts: list[str] = []
         try:
@@ -210,9 +231,7 @@ class FasterWhisperSTT:
                 else:
                     break
         finally:
-            abort.set()
-            if not future.done():
-                future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+            abort.set()  # closed or cancelled early: the worker stops after the current window
         yield Transcript("".join(parts).strip(), language=detected or lang, audio_seconds=seconds)
 
 
@@ -222,10 +241,17 @@ def _looks_like_path(model: str) -> bool:
             or os.sep != "/" and os.sep in model)  # fmt: skip
 
 
-def _hub_offline(exc: BaseException) -> bool:
-    """The hub was not even asked: offline mode, or a cache-only lookup that found nothing."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError"})
+def _caused_by(exc: BaseException, class_names: set[str]) -> bool:
+    """Whether `exc` or an exception in its chain is (a subclass of) one of these classes, by
+    name: huggingface_hub wraps httpx's (or httpx2's, or requests') errors in its own."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if {cls.__name__ for cls in type(current).__mro__} & class_names:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _transcribe_error(exc: BaseException) -> EngineError:

@@ -247,6 +247,8 @@ _ga_input_item = TypeAdapter(im.GAInputItem)
 def beta_session_to_ga(s: sm.BetaSessionUpdate | sm.BetaTranscriptionSessionUpdate, transcription: bool) -> dict[str, Any]:
     """Flat beta session fields -> a GA session-update dict (only the fields that were set)."""
     given = s.model_dump(exclude_unset=True)
+    if getattr(s, "tools", None) is not None:
+        given["tools"] = [t.model_dump(exclude_none=True) for t in s.tools]  # keep the defaulted "type"
     out: dict[str, Any] = {"type": "transcription" if transcription else "realtime"}
     audio_in: dict[str, Any] = {}
     audio_out: dict[str, Any] = {}
@@ -293,9 +295,9 @@ def _beta_to_ga(event: Any, raw: dict[str, Any]) -> ClientEvent:
     if isinstance(event, (BetaSessionUpdateEvent, BetaTranscriptionSessionUpdateEvent)):
         ga = beta_session_to_ga(event.session, isinstance(event, BetaTranscriptionSessionUpdateEvent))
         temperature = ga.pop("_temperature", None)
-        return MappedSessionUpdate.model_validate(
+        return parse_strict(  # type: ignore[no-any-return]
+            MappedSessionUpdate,
             {"type": "session.update", "event_id": event.event_id, "session": ga, "temperature": temperature},
-            strict=False,
         )
     if isinstance(event, BetaConversationItemCreate):
         item = _beta_item(event.item, "item", _ga_item)
@@ -314,8 +316,8 @@ def _beta_to_ga(event: Any, raw: dict[str, Any]) -> ClientEvent:
         for key in ("instructions", "tool_choice", "conversation", "metadata", "prompt", "temperature"):
             if key in given:
                 params[key] = given[key]
-        if "tools" in given:
-            params["tools"] = given["tools"]
+        if r.tools is not None:
+            params["tools"] = [t.model_dump(exclude_none=True) for t in r.tools]
         limit = given.get("max_response_output_tokens", given.get("max_output_tokens"))
         if limit is not None:
             params["max_output_tokens"] = limit
@@ -328,6 +330,6 @@ def _beta_to_ga(event: Any, raw: dict[str, Any]) -> ClientEvent:
             params["audio"] = {"output": output}
         if r.input is not None:
             params["input"] = [_beta_item(it, f"response.input[{i}]", _ga_input_item) for i, it in enumerate(r.input)]
-        resp = MappedResponseParams.model_validate(params, strict=False)
+        resp = parse_strict(MappedResponseParams, params, "response")
         return ResponseCreate(type="response.create", event_id=event.event_id, response=resp)
     return event  # type: ignore[no-any-return]

@@ -63,7 +63,7 @@ class Transport(Protocol):
 @dataclass
 class Engines:
     llm: LLMEngine
-    tts: TTSEngine | None = None
+    tts: Callable[[], TTSEngine | None] = lambda: None  # read per response: it may still be loading
     vad: VADEngine | None = None
     stt: Callable[[dict[str, Any] | None], STTEngine | None] = lambda _cfg: None
 
@@ -227,7 +227,7 @@ class SessionRunner:
                 await self._send_event(out.event)
             elif isinstance(out, StartResponse):
                 task = asyncio.create_task(
-                    run_response(out.response_id, out.plan, self.engines.llm, self.engines.tts, self.inbox.put),
+                    run_response(out.response_id, out.plan, self.engines.llm, self.engines.tts(), self.inbox.put),
                     name=out.response_id,
                 )
                 self._responses[out.response_id] = task

@@ -58,8 +58,8 @@ async def realtime_websocket(ws: WebSocket) -> None:
     )
     assert state.engines is not None
     runner = SessionRunner(
-        Session(setup), WebSocketTransport(ws), Engines(state.engines.llm, state.engines.speech.tts, state.engines.speech.vad,
-                                                     state.engines.speech.stt_for),
+        Session(setup), WebSocketTransport(ws), Engines(state.engines.llm, lambda: state.engines.speech.tts,
+                                                     state.engines.speech.vad, state.engines.speech.stt_for),
         key_id=principal.key_id, limiter=state.limiter,
         limits=RunnerLimits(max_event_bytes=settings.max_event_bytes, outbox_bytes=settings.outbox_max_bytes,
                             slow_client_timeout_s=settings.slow_client_timeout_s), clock=state.clock,

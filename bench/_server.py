@@ -1,0 +1,92 @@
+"""`parley serve`, for benchmarks: the same app and uvicorn options as `parley.server.cli`, plus an
+event-loop lag probe.
+
+The probe is a task that sleeps `PROBE_S` in a loop and records how late it wakes up: the time
+the loop was busy with something else.  `GET /bench/lag` returns the percentiles of the samples
+since the last call (and forgets them).  Nothing else differs from `parley serve`.
+
+    python bench/_server.py --port 8123        # settings from PARLEY_* as usual
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import time
+from typing import Any
+
+PROBE_S = 0.005
+
+
+class LagProbe:
+    def __init__(self) -> None:
+        self.samples: collections.deque[float] = collections.deque(maxlen=500_000)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            began = time.perf_counter()
+            await asyncio.sleep(PROBE_S)
+            self.samples.append(max(0.0, time.perf_counter() - began - PROBE_S))
+
+    def report(self) -> dict[str, Any]:
+        data = sorted(self.samples)
+        self.samples.clear()
+        if not data:
+            return {"count": 0}
+
+        def q(p: float) -> float:
+            return round(1000 * data[min(len(data) - 1, int(p * len(data)))], 3)
+
+        return {"count": len(data), "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
+                "max_ms": round(1000 * data[-1], 3), "mean_ms": round(1000 * sum(data) / len(data), 3)}
+
+
+def with_probe(app: Any, probe: LagProbe) -> Any:
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            probe.start()
+        elif scope["type"] == "http" and scope["path"] == "/bench/lag":
+            body = json.dumps(probe.report()).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+
+    import uvicorn
+
+    from parley.server.app import create_app
+    from parley.server.logs import configure
+    from parley.server.settings import Settings
+
+    settings = Settings(host="127.0.0.1", port=args.port)
+    configure(settings.log_level, settings.log_json)
+    uvicorn.run(
+        with_probe(create_app(settings), LagProbe()),
+        host=settings.host,
+        port=settings.port,
+        ws_max_size=settings.max_event_bytes + 1024 * 1024,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
