@@ -37,24 +37,29 @@ class SentenceChunker:
         return [rest] if rest else []
 
     def _next_piece(self) -> str | None:
-        buf = self._buf
-        cut = None
-        m = _SENTENCE_END.search(buf)
-        if m:
-            cut = m.end()
-        else:
+        """The earliest complete piece: a sentence end, a clause break past the threshold, or a
+        space before `max_chars`, whichever comes first (so pieces do not depend on how the
+        text was split into deltas).  Blank pieces are skipped."""
+        while True:
+            buf = self._buf
+            cuts = []
+            m = _SENTENCE_END.search(buf)
+            if m:
+                cuts.append(m.end())
             threshold = self._first_clause_chars if self._first else self._clause_chars
             for c in _CLAUSE_END.finditer(buf):
                 if c.end() >= threshold:
-                    cut = c.end()
+                    cuts.append(c.end())
                     break
-            if cut is None and len(buf) > self._max_chars:
+            if len(buf) > self._max_chars:
                 space = buf.rfind(" ", 0, self._max_chars)
-                cut = space if space > 0 else self._max_chars
-        if cut is None:
-            return None
-        piece, self._buf = buf[:cut].strip(), buf[cut:]
-        if not piece:
-            return None if not self._buf.strip() else self._next_piece()
-        self._first = False
-        return piece
+                cuts.append(space if space > 0 else self._max_chars)
+            if not cuts:
+                return None
+            cut = min(cuts)
+            piece, self._buf = buf[:cut].strip(), buf[cut:]
+            if piece:
+                self._first = False
+                return piece
+            if not self._buf.strip():
+                return None
