@@ -107,6 +107,11 @@ class SessionRunner:
         self._speech_end: float | None = None  # wall time of the last speech_stopped
         self._barge_in: float | None = None  # wall time of a speech_started that interrupts
 
+    def shutdown(self, code: int = 1001, reason: str = "server_shutting_down") -> None:
+        """End the session from outside (server shutdown): close with `code` after what is queued."""
+        self._close = Close(code, reason)
+        self.inbox.put_control(_CLOSED)
+
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -147,8 +152,9 @@ class SessionRunner:
                     await task
             self._responses.clear()
             if self._close is not None:
+                # a client that reads nothing cannot take a close frame either: do not wait on it
                 with contextlib.suppress(Exception):
-                    await self.transport.close(self._close.code, self._close.reason)
+                    await asyncio.wait_for(self.transport.close(self._close.code, self._close.reason), 2.0)
             metrics.SESSIONS_LIVE.dec()
             log.info("session ended", extra={"session_id": self.session.id, "key_id": self.key_id})
 

@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     from .logs import configure
 
     configure(settings.log_level, settings.log_json)
-    uvicorn.run(
-        create_app(settings),
+    from .graceful import GracefulServer
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         ssl_certfile=settings.ssl_certfile,
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         access_log=False,
     )
+    GracefulServer(config, app.state.parley, settings.shutdown_grace_s).run()
 
 
 if __name__ == "__main__":  # pragma: no cover

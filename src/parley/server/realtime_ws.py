@@ -16,11 +16,16 @@ log = logging.getLogger("parley.ws")
 
 AUTH_CLOSE = 3000
 REQUEST_CLOSE = 4000
+RETRY_CLOSE = 1013  # "try again later": clients with reconnect logic retry it
 
 
 async def realtime_websocket(ws: WebSocket) -> None:
     state: AppState = ws.app.state.parley
     await accept(ws)
+    if state.draining:
+        await refuse(ws, ProtocolError("The server is shutting down; connect again shortly.", "server_shutting_down",
+                                       type="server_error"), RETRY_CLOSE)
+        return
     now = state.clock()
     key = presented_key(ws)
     principal = state.keys.authenticate(key, now=now)
@@ -65,7 +70,9 @@ async def realtime_websocket(ws: WebSocket) -> None:
                             slow_client_timeout_s=settings.slow_client_timeout_s), clock=state.clock,
     )
     state.live_sessions += 1
+    state.runners.add(runner)
     try:
         await runner.run()
     finally:
         state.live_sessions -= 1
+        state.runners.discard(runner)

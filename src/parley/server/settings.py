@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     outbox_max_bytes: int = 4 * 1024 * 1024  # unsent events per session before it waits
     slow_client_timeout_s: float = 10.0  # a client that reads nothing this long is closed (1013)
 
+    shutdown_grace_s: float = 30.0  # on SIGTERM, live sessions get this long before a 1001 close
+
     # logging
     log_level: str = "info"
     log_json: bool = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..engines.registry import EngineSet
 from ..runtime.limits import TokenLimiter
@@ -20,6 +21,8 @@ class AppState:
     engines: EngineSet | None = None
     clock: Callable[[], float] = field(default=time.time)
     live_sessions: int = 0
+    draining: bool = False  # shutting down: no new sessions
+    runners: set[Any] = field(default_factory=set)
 
     def accepts_model(self, model: str) -> bool:
         return model in self.settings.models
