@@ -81,3 +81,31 @@ async def test_a_client_that_does_not_read_is_bounded_and_closed(scripted_llm, l
         # the server is fine for everyone else
         async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {server.api_key}"}) as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
+
+
+async def test_per_key_limits(scripted_llm, llm) -> None:
+    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_MAX_SESSIONS_PER_KEY": "1",
+           "PARLEY_TOKENS_PER_MINUTE": "50", "PARLEY_API_KEYS": "key-a,key-b"}
+    with ParleyServer(env, name="limits", api_key="key-a") as server:
+        url = f"{server.ws_base_url}/realtime?model=gpt-realtime"
+        async with websockets.connect(url, additional_headers={"Authorization": "Bearer key-a"}) as ws:
+            await ws.recv()
+            # a second session on the same key is turned away; another key is not
+            async with websockets.connect(url, additional_headers={"Authorization": "Bearer key-a"}) as extra:
+                assert json.loads(await extra.recv())["error"]["code"] == "session_limit_exceeded"
+                await extra.wait_closed()
+                assert extra.close_code == 1013
+            async with websockets.connect(url, additional_headers={"Authorization": "Bearer key-b"}) as other:
+                assert json.loads(await other.recv())["type"] == "session.created"
+            # tokens per minute: the first response uses up the budget, rate_limits.updated says so
+            llm.enqueue(Text("word " * 80))
+            await ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+            while (event := json.loads(await ws.recv()))["type"] != "rate_limits.updated":
+                pass
+            tokens = event["rate_limits"][0]
+            assert tokens["limit"] == 50 and tokens["remaining"] == 0 and 0 < tokens["reset_seconds"] <= 60
+            await ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+            while (event := json.loads(await ws.recv()))["type"] != "response.done":
+                pass
+            assert event["response"]["status"] == "failed"
+            assert event["response"]["status_details"]["error"]["code"] == "rate_limit_exceeded"

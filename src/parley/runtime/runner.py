@@ -22,6 +22,7 @@ from ..core.io import (
     Close,
     DetectSpeech,
     Expired,
+    ModelFailed,
     Output,
     Send,
     SessionChanged,
@@ -232,6 +233,11 @@ class SessionRunner:
             if isinstance(out, Send):
                 await self._send_event(out.event)
             elif isinstance(out, StartResponse):
+                if self.limiter.remaining(self.key_id, self.clock()) <= 0:
+                    await self.inbox.put(ModelFailed(
+                        out.response_id, f"Rate limit reached for tokens per minute (limit {self.limiter.limit}). "
+                        "Try again when rate_limits.updated shows tokens remaining.", "rate_limit_exceeded"))
+                    continue
                 task = asyncio.create_task(
                     run_response(out.response_id, out.plan, self.engines.llm, self.engines.tts(), self.inbox.put),
                     name=out.response_id,

@@ -37,6 +37,11 @@ async def realtime_websocket(ws: WebSocket) -> None:
                                 "PARLEY_API_KEYS setting, or mint an ephemeral key.", "invalid_api_key")
         await refuse(ws, err, AUTH_CLOSE)
         return
+    limit = state.settings.max_sessions_per_key
+    if limit and state.sessions_by_key.get(principal.key_id, 0) >= limit:
+        await refuse(ws, ProtocolError(f"This key already has {limit} concurrent sessions, the most allowed "
+                                       "(PARLEY_MAX_SESSIONS_PER_KEY).", "session_limit_exceeded"), RETRY_CLOSE)
+        return
     query = ws.query_params
     if query.get("call_id"):
         await refuse(ws, ProtocolError(f"Call '{query['call_id'][:64]}' not found.", "call_not_found", "call_id"), REQUEST_CLOSE)
@@ -71,8 +76,12 @@ async def realtime_websocket(ws: WebSocket) -> None:
     )
     state.live_sessions += 1
     state.runners.add(runner)
+    state.sessions_by_key[principal.key_id] = state.sessions_by_key.get(principal.key_id, 0) + 1
     try:
         await runner.run()
     finally:
         state.live_sessions -= 1
         state.runners.discard(runner)
+        state.sessions_by_key[principal.key_id] -= 1
+        if not state.sessions_by_key[principal.key_id]:
+            del state.sessions_by_key[principal.key_id]

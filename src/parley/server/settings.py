@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     voice: str = "alloy"
     session_max_minutes: float = 60
     max_event_bytes: int = 15 * 1024 * 1024
-    tokens_per_minute: int = 40_000
+    tokens_per_minute: int = 40_000  # per key; over it, responses fail with rate_limit_exceeded
+    max_sessions_per_key: int = 100  # concurrent sessions per key (0: no limit)
     outbox_max_bytes: int = 4 * 1024 * 1024  # unsent events per session before it waits
     slow_client_timeout_s: float = 10.0  # a client that reads nothing this long is closed (1013)
 

@@ -23,6 +23,7 @@ class AppState:
     live_sessions: int = 0
     draining: bool = False  # shutting down: no new sessions
     runners: set[Any] = field(default_factory=set)
+    sessions_by_key: dict[str, int] = field(default_factory=dict)
 
     def accepts_model(self, model: str) -> bool:
         return model in self.settings.models
