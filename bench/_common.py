@@ -109,10 +109,16 @@ class ParleyProc(Proc):
 
     def lag(self) -> dict[str, Any]:
         """Event-loop lag since the last call (ms percentiles)."""
-        return httpx.get(f"{self.http}/bench/lag", timeout=10).json()
+        try:
+            return httpx.get(f"{self.http}/bench/lag", timeout=60).json()
+        except httpx.HTTPError as exc:
+            return {"error": repr(exc)}
 
     def metrics(self) -> dict[str, float]:
-        return parse_metrics(httpx.get(f"{self.http}/metrics", timeout=10).text)
+        try:
+            return parse_metrics(httpx.get(f"{self.http}/metrics", timeout=60).text)
+        except httpx.HTTPError:
+            return {}
 
     def usage(self) -> ProcUsage:
         return ProcUsage.read(self.pid)
@@ -222,3 +228,28 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+class Background:
+    """How busy the machine was with processes other than ours (other users' work shares these
+    cores and skews the numbers): total busy CPU from /proc/stat minus our processes' CPU."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = [os.getpid(), *pids]
+        self.start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK  # all but idle and iowait
+        ours = 0.0
+        for pid in self.pids:
+            try:
+                ours += ProcUsage.read(pid).cpu_s
+            except (OSError, ValueError):
+                pass
+        return busy, ours, time.monotonic()
+
+    def percent(self) -> float:
+        """Other processes' CPU since creation, in % of one core (200 = both cores of two)."""
+        busy, ours, at = self._read()
+        return round(100 * max(0.0, (busy - self.start[0]) - (ours - self.start[1])) / max(1e-9, at - self.start[2]), 1)

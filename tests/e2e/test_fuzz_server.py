@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -33,6 +34,7 @@ import os
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,9 +48,10 @@ from hypothesis import strategies as st
 
 from tests.support.event_schema import validate_server_event
 from tests.support.parley_server import ParleyServer
-from tests.support.scripted_llm import ScriptedLLMServer, Text
+from tests.support.scripted_llm import CutMidStream, HTTPError, Malformed, ScriptedLLMServer, Text, ToolCall
 from tests.support.scripted_stt import ScriptedSTTServer
 from tests.support.scripted_tts import ScriptedTTSServer
+from tests.support.speech import FliteMissing, make_speech
 
 _SOAK = "PARLEY_FUZZ_EXAMPLES" in os.environ
 EXAMPLES = int(os.environ.get("PARLEY_FUZZ_EXAMPLES", "30"))
@@ -88,6 +91,7 @@ def fuzz_server(fuzz_llm: ScriptedLLMServer) -> Iterator[ParleyServer]:
     with ScriptedTTSServer() as tts, ScriptedSTTServer() as stt:
         env = {"PARLEY_LLM_BASE_URL": fuzz_llm.base_url, "PARLEY_LLM_MODEL": fuzz_llm.model,
                "PARLEY_LLM_TIMEOUT_S": "5", "PARLEY_LLM_MAX_RETRIES": "0",
+               "PARLEY_TOKENS_PER_MINUTE": str(10**12),  # huge contexts, many responses: no rate limit here
                "PARLEY_TTS_ENGINE": "openai", "PARLEY_TTS_BASE_URL": tts.base_url,
                "PARLEY_STT_ENGINE": "openai", "PARLEY_STT_BASE_URL": stt.base_url}
         with ParleyServer(env, name="fuzz") as server:
@@ -144,20 +148,24 @@ class Flood:
 
 
 @dataclass(frozen=True)
+class Speak:
+    """A spoken sentence appended in `chunk_ms` pieces, as a microphone would (but faster)."""
+
+    chunk_ms: int
+    label: str
+
+
+@dataclass(frozen=True)
 class Pause:
     ms: int
     label: str = "pause"
 
 
-Action = Send | Flood | Pause
+Action = Send | Flood | Speak | Pause
 
 
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f}MB" if n >= 100_000 else f"{n}B"
-
-
-def describe(actions: list[Action]) -> str:
-    return "; ".join(a.label for a in actions)
 
 
 # --- strategies: values --------------------------------------------------------------------
@@ -187,8 +195,19 @@ if LONE_SURROGATES:
 texts = weighted(small_text, huge_text)
 
 
+@functools.lru_cache(maxsize=1)
+def _speech() -> bytes:
+    """A spoken sentence (flite) with silence around it: Silero hears a turn in it."""
+    try:
+        return make_speech("turn off the lights in the kitchen", lead_ms=300, tail_ms=900).pcm_bytes()
+    except FliteMissing:
+        return _pcm("tone", 2000, 1)
+
+
 def _pcm(kind: str, ms: int, seed_: int) -> bytes:
     n = ms * 24  # PCM16 mono 24 kHz
+    if kind == "speech":
+        return _speech()
     if kind == "silence":
         return bytes(2 * n)
     if kind == "noise":
@@ -199,7 +218,7 @@ def _pcm(kind: str, ms: int, seed_: int) -> bytes:
 
 audio_b64 = st.one_of(
     st.builds(lambda kind, ms, s: base64.b64encode(_pcm(kind, ms, s)).decode(),
-              st.sampled_from(["silence", "noise", "tone"]),
+              st.sampled_from(["silence", "noise", "tone", "speech"]),
               weighted(st.integers(0, 600), huge_sizes.map(lambda n: n * 3 // 4 // 48)), st.integers(0, 2**16)),
     st.sampled_from(["", "!!!not base64!!!", "AAA=", "AA", "AAE", "====", "QUJD\nREVG"]),  # bad or odd-length
 )
@@ -319,7 +338,8 @@ response_params = st.fixed_dictionaries({}, optional={
     "audio": st.fixed_dictionaries({"output": st.fixed_dictionaries({}, optional={"voice": voices, "format": formats})}),
 })
 
-valid_events = st.one_of(
+valid_events = pick(
+    event("session.update", {"session": session_body}),
     event("session.update", {"session": session_body}),
     event("session.update", {"session": part("transcription")}),  # the wrong session type
     event("input_audio_buffer.append", {"audio": audio_b64}),
@@ -333,7 +353,11 @@ valid_events = st.one_of(
     event("conversation.item.delete", {"item_id": item_ids}),
     event("conversation.item.truncate", {"item_id": item_ids, "content_index": st.integers(0, 3),
                                          "audio_end_ms": st.integers(0, 20_000)}),
+    event("conversation.item.truncate", {"item_id": known_items, "content_index": st.just(0),
+                                         "audio_end_ms": st.integers(0, 1_000)}),
     event("response.create", optional={"response": response_params}),
+    event("response.create", optional={"response": response_params}),
+    event("response.create"),
     event("response.create"),
     event("response.cancel", optional={"response_id": response_ids}),
 )
@@ -427,9 +451,21 @@ actions: st.SearchStrategy[Action] = pick(
     pick(flood_events.map(lambda e: Flood(e, FLOOD, f"{FLOOD} x {e['type']}")),
          st.just(Flood({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(960)).decode()},
                        FLOOD, f"{FLOOD} x input_audio_buffer.append"))),
+    st.sampled_from([20, 100, 3000]).map(lambda ms: Speak(ms, f"speech in {ms}ms appends")),
     st.integers(0, 60).map(lambda ms: Pause(ms, f"pause {ms}ms")),
 )
-examples = st.lists(actions, min_size=2, max_size=ACTIONS_PER_EXAMPLE)
+# what the model answers to the example's responses, in order (then FILLER_REPLY)
+llm_replies = st.lists(st.sampled_from([
+    Text("One. Two, three; four!"), ToolCall("lookup", {"q": "lights"}), ToolCall("lookup", "{not json"),
+    CutMidStream("Cut short"), HTTPError(500), HTTPError(400), Malformed(),
+]), max_size=3)
+examples = st.tuples(llm_replies, st.lists(actions, min_size=2, max_size=ACTIONS_PER_EXAMPLE))
+
+
+def describe(script: tuple[list[Any], list[Action]]) -> str:
+    replies, steps = script
+    plan = f"[model: {', '.join(type(r).__name__ for r in replies)}] " if replies else ""
+    return plan + "; ".join(a.label for a in steps)
 
 
 # --- the client ----------------------------------------------------------------------------
@@ -461,7 +497,8 @@ class FuzzSession:
     active: set[str] = field(default_factory=set)  # responses created and not yet done
     config: dict[str, Any] = field(default_factory=dict)
     frames_sent: int = 0
-    events_received: int = 0
+    frames_received: int = 0
+    seen: Counter[str] = field(default_factory=Counter)  # event types (and statuses, error codes) received
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _reader: asyncio.Task[None] | None = None
 
@@ -494,28 +531,37 @@ class FuzzSession:
             self._changed.set()
 
     def _take(self, raw: str | bytes) -> None:
-        self.events_received += 1
         if isinstance(raw, bytes):
             self.problems.append(f"a binary frame from the server: {raw[:80]!r}")
             return
+        self.frames_received += 1
         try:
             ev = _strict_json(raw)
         except ValueError as exc:
             self.problems.append(f"not standard JSON ({exc}): {raw[:300]}")
-            return
+            try:
+                ev = json.loads(raw)  # follow it all the same
+            except ValueError:
+                return
         try:
             validate_server_event(ev, "ga")
         except AssertionError as exc:
             self.problems.append(str(exc)[:1500])
         try:
             self._track(ev)
-        except Exception as exc:  # noqa: BLE001 - a malformed event was reported above
+        except Exception as exc:  # noqa: BLE001 - a malformed event; validation said why
             self.problems.append(f"cannot follow {str(ev)[:200]}: {exc!r}")
+            return
         self.events.append(ev)
         self._changed.set()
 
     def _track(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("type")
+        kind = ev["type"]
+        self.seen[kind] += 1
+        if kind == "response.done":
+            self.seen[f"response.done:{ev['response']['status']}"] += 1
+        elif kind == "error":
+            self.seen[f"error:{ev['error']['code']}"] += 1
         item = ev.get("item") if isinstance(ev.get("item"), dict) else None
         if item is not None and kind in ("conversation.item.added", "conversation.item.done",
                                          "response.output_item.added"):
@@ -585,6 +631,11 @@ class FuzzSession:
     async def play(self, action: Action) -> None:
         if isinstance(action, Pause):
             await asyncio.sleep(action.ms / 1000)
+        elif isinstance(action, Speak):
+            pcm, step = _speech(), 48 * action.chunk_ms
+            for start in range(0, len(pcm), step):
+                await self.send(json.dumps({"type": "input_audio_buffer.append",
+                                            "audio": base64.b64encode(pcm[start:start + step]).decode()}))
         elif isinstance(action, Flood):
             frame = json.dumps(action.event)
             for _ in range(action.count):
@@ -689,11 +740,12 @@ def test_fuzz_one_session(fuzz_server: ParleyServer, fuzz_llm: ScriptedLLMServer
         client.check()
         rss_before = rss_mb(pid)
 
-        async def one(number: int, script: list[Action]) -> None:
+        async def one(number: int, script: tuple[list[Any], list[Action]]) -> None:
+            replies, steps = script
             fuzz_llm.clear()
-            fuzz_llm.enqueue(*[Text(FILLER_REPLY)] * 300)
+            fuzz_llm.enqueue(*replies, *[Text(FILLER_REPLY)] * 300)
             client.events = []
-            for action in script:
+            for action in steps:
                 await client.play(action)
             await client.probe(str(number))
             client.check()
@@ -702,7 +754,7 @@ def test_fuzz_one_session(fuzz_server: ParleyServer, fuzz_llm: ScriptedLLMServer
         @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
                   suppress_health_check=list(HealthCheck), print_blob=False)
         @given(script=examples)
-        def fuzz(script: list[Action]) -> None:
+        def fuzz(script: tuple[list[Any], list[Action]]) -> None:
             nonlocal skipped
             if len(failures) >= MAX_FAILURES or time.monotonic() - started > BUDGET_S:
                 skipped += 1
@@ -728,9 +780,12 @@ def test_fuzz_one_session(fuzz_server: ParleyServer, fuzz_llm: ScriptedLLMServer
     wait_for_no_sessions(fuzz_server)
     rss_after = rss_mb(pid)
     elapsed = time.monotonic() - started
+    outcomes = ", ".join(f"{k} {n}" for k, n in sorted(client.seen.items()) if k.startswith(("response.done:", "error:")))
     print(f"\nfuzz: {len(history)} examples ({skipped} skipped), {client.frames_sent} frames sent, "
-          f"{client.events_received} events received in {elapsed:.1f}s; server RSS {rss_before:.0f} -> "
-          f"{rss_after:.0f} MB; PARLEY_FUZZ_SEED={SEED}")
+          f"{client.frames_received} received in {elapsed:.1f}s; server RSS {rss_before:.0f} -> {rss_after:.0f} MB; "
+          f"PARLEY_FUZZ_SEED={SEED}\n  {outcomes}")
+    if VERBOSE:
+        print("  received:", dict(sorted(client.seen.items())))
     assert not failures, (f"{len(failures)} fuzz failure(s) (rerun with PARLEY_FUZZ_SEED={SEED}):\n\n"
                           + "\n\n".join(f.report() for f in failures))
     assert len(history) >= min(EXAMPLES, 10), f"only {len(history)} examples ran within {BUDGET_S:g}s"

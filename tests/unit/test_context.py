@@ -193,10 +193,6 @@ def test_truncation_never_leaves_an_orphan_tool_result_first() -> None:
     assert dropped == 1 and kept == [user(1)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: truncate keeps the newest message, but when that is a tool result whose assistant "
-    "tool_calls message was dropped, _drop_orphan_tool_results then removes it too: a large "
-    "function output leaves the model an empty conversation (core/context.py truncate)"))
 def test_a_tool_result_that_alone_overflows_keeps_its_call() -> None:
     call_msg = {"role": "assistant", "content": None,
                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}

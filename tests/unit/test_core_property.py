@@ -133,7 +133,7 @@ beta_session = optional_fields(
 )
 
 
-def audio_b64(even: bool = True) -> st.SearchStrategy[str]:
+def audio_b64() -> st.SearchStrategy[str]:
     ms = st.sampled_from([0, 20, 60, 100, 150]) | st.integers(0, 300)
     sizes = st.one_of(ms.map(lambda n: b"\x01\x00" * (24 * n)), ms.map(lambda n: b"\x01\x00" * (24 * n)),
                       st.binary(max_size=64))

@@ -101,10 +101,7 @@ class Harness:
         assert types(outs)[0] == "session.updated"
 
     def user_text(self, text: str, **extra: Any) -> list[Any]:
-        if self.dialect == "ga":
-            part = {"type": "input_text", "text": text}
-        else:
-            part = {"type": "input_text", "text": text}
+        part = {"type": "input_text", "text": text}  # the same in both dialects
         return self.client({"type": "conversation.item.create",
                             "item": {"type": "message", "role": "user", "content": [part], **extra}})
 
@@ -1020,6 +1017,27 @@ def test_truncate_uses_the_format_the_response_spoke_in() -> None:
     item_id = only(outs, "response.output_item.added")["item"]["id"]
     truncate(h, item_id, 50)
     assert len(base64.b64decode(h.retrieve(item_id)["content"][0]["audio"])) == 400
+
+
+@pytest.mark.parametrize("then", ["cancel", "more audio", "done"])
+def test_truncate_during_the_response_sticks(then: str) -> None:
+    h = Harness()
+    h.update(audio={"input": {"turn_detection": None}})
+    h.user_text("hi")
+    rid, item_id, _ = audio_response(h, [("Hello there.", 1000), (" How are you today?", 1000)], done=False)
+    truncate(h, item_id, 500)
+    heard = h.retrieve(item_id)["content"][0]["transcript"]
+    assert "How" not in heard
+    if then == "cancel":
+        h.client({"type": "response.cancel"})
+    elif then == "more audio":
+        h.runtime(ModelAudio(rid, pcm(300), " I am fine.", 300.0))
+        h.runtime(ModelDone(rid))
+    else:
+        h.runtime(ModelDone(rid))
+    part = h.retrieve(item_id)["content"][0]
+    assert part["transcript"] == heard
+    assert len(base64.b64decode(part["audio"])) == len(pcm(500))
 
 
 # ---- expiry ----------------------------------------------------------------------------------

@@ -134,8 +134,12 @@ def truncate(
         return messages, 0
     if policy == "disabled":
         return None
+    # the newest message always stays, and so do the tool calls its trailing tool results answer
+    keep_from = len(messages) - 1
+    while keep_from > 0 and messages[keep_from]["role"] == "tool":
+        keep_from -= 1
     dropped = 0
-    while total > target and dropped < len(messages) - 1:  # the newest message always stays
+    while total > target and dropped < keep_from:
         total -= sizes[dropped]
         dropped += 1
     kept = messages[dropped:]

@@ -19,6 +19,7 @@ class StoredAudio:
     duration_ms: float = 0.0
     marks: list[tuple[float, int]] = field(default_factory=list)
     fmt: dict[str, Any] | None = None  # the wire format the bytes are in
+    truncated: bool = False  # cut to what was heard: later speech of its response is not stored
 
 
 class Conversation:

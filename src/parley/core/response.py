@@ -129,7 +129,8 @@ class ResponseRun:
         self._message = None
         ref = self._part_ref(m)
         if self.modality == "audio":
-            m.item["content"][0]["transcript"] = m.text
+            if m.audio is None or not m.audio.truncated:
+                m.item["content"][0]["transcript"] = m.text
             events: list[Event] = [
                 {"type": "response.output_audio.done", **ref},
                 {"type": "response.output_audio_transcript.done", **ref, "transcript": m.text},
@@ -180,15 +181,18 @@ class ResponseRun:
         events = self._open_message() if self._message is None else []
         m = self._message
         assert m is not None and m.audio is not None
+        keep = not m.audio.truncated  # after a truncate the stored item stays as the user heard it
         if transcript:
             m.text += transcript
-            m.item["content"][0]["transcript"] = m.text
+            if keep:
+                m.item["content"][0]["transcript"] = m.text
             self._text_tokens += estimate_tokens(transcript)
             events.append({"type": "response.output_audio_transcript.delta", **self._part_ref(m), "delta": transcript})
         if audio:
-            m.audio.data += audio
-            m.audio.duration_ms += duration_ms
-            m.audio.marks.append((m.audio.duration_ms, len(m.text)))
+            if keep:
+                m.audio.data += audio
+                m.audio.duration_ms += duration_ms
+                m.audio.marks.append((m.audio.duration_ms, len(m.text)))
             self._audio_ms += duration_ms
             self.produced_audio = True
             events.append({"type": "response.output_audio.delta", **self._part_ref(m),

@@ -332,11 +332,14 @@ class Session(InputAudioMixin):
                 continue
             # the chunk being spoken at end_ms: keep the share of its words already heard
             share = (end_ms - start_ms) / max(mark_ms - start_ms, 1e-6)
-            words = transcript[start_chars:mark_chars].split(" ")
+            chunk = transcript[start_chars:mark_chars]
+            lead = len(chunk) - len(chunk.lstrip())
+            words = chunk.strip().split(" ")
             heard = " ".join(words[: int(len(words) * share)])
-            chars = start_chars + len(heard)
+            chars = start_chars + (lead + len(heard) if heard else 0)
             break
         part["transcript"] = transcript[:chars].rstrip()
+        stored.truncated = True
         stored.marks = [(m, c) for m, c in stored.marks if m <= end_ms]
         if not stored.marks or stored.marks[-1][0] < end_ms:
             stored.marks.append((end_ms, len(part["transcript"])))  # so truncating again here is a no-op
