@@ -253,3 +253,37 @@ class Background:
         """Other processes' CPU since creation, in % of one core (200 = both cores of two)."""
         busy, ours, at = self._read()
         return round(100 * max(0.0, (busy - self.start[0]) - (ours - self.start[1])) / max(1e-9, at - self.start[2]), 1)
+
+
+class Sampler:
+    """Samples a process's CPU time and RSS every `period_s` in a thread."""
+
+    def __init__(self, pid: int, period_s: float = 0.5) -> None:
+        import threading
+
+        self.pid, self.period_s = pid, period_s
+        self.samples: list[ProcUsage] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(ProcUsage.read(self.pid))
+            except (OSError, ValueError):
+                return
+            self._stop.wait(self.period_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def window(self, start: float, end: float) -> dict[str, float | None]:
+        """CPU % (of one core) between the first and last samples in [start, end] (monotonic
+        times), and the peak RSS in it."""
+        inside = [s for s in self.samples if start <= s.at <= end]
+        if len(inside) < 2:
+            return {"cpu_percent": None, "rss_peak_mib": None}
+        return {"cpu_percent": round(inside[-1].cpu_percent_since(inside[0]), 1),
+                "rss_peak_mib": round(max(s.rss_bytes for s in inside) / 2**20, 1)}

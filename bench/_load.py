@@ -119,6 +119,7 @@ class Caller:
     turns: list[Turn] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     last_audio_at: dict[str, float] = field(default_factory=dict)  # response id -> last delta
+    audio_ms: dict[str, float] = field(default_factory=dict)  # response id -> audio received (approx.)
     current_response: str | None = None
     done: bool = False
     closed: bool = False
@@ -147,6 +148,8 @@ class Caller:
             rid = m.group(1) if m else None
             if rid:
                 self.last_audio_at[rid] = now
+                # ~170 characters of the event are not audio; base64 of PCM16 24 kHz is 64 chars/ms
+                self.audio_ms[rid] = self.audio_ms.get(rid, 0.0) + max(0, len(msg) - 170) / 64
                 turn = self._turn_of(rid)
                 if turn is not None and turn.first_audio_at is None:
                     turn.first_audio_at = now
@@ -196,8 +199,9 @@ class Script:
 
 
 class Conversation(Script):
-    """Lead silence, then `turns` times: speak, wait for response.done (at most `wait_s`),
-    pause `pause_s` (random in the range), speak again."""
+    """Lead silence, then `turns` times: speak, wait for response.done (at most `wait_s`) and
+    for the answer's audio to have played (the server sends it faster than real time; a caller
+    listens at real time), pause `pause_s` (random in the range), speak again."""
 
     def __init__(self, turns: int, lead_s: tuple[float, float], pause_s: tuple[float, float] = (0.5, 1.5),
                  wait_s: float = 15.0, rng: random.Random | None = None) -> None:
@@ -230,13 +234,16 @@ class Conversation(Script):
             turn = caller.turns[-1]
             if ev is not None and ev["response"]["id"] == turn.response_id:
                 del self.waiting[caller.index]
-                self._next(caller, caller.chunks_sent)
+                playing = 0.0
+                if turn.first_audio_at is not None:
+                    playing = max(0.0, turn.first_audio_at + caller.audio_ms.get(turn.response_id, 0) / 1000 - now)
+                self._next(caller, caller.chunks_sent, playing)
 
-    def _next(self, caller: Caller, k: int) -> None:
+    def _next(self, caller: Caller, k: int, playing_s: float = 0.0) -> None:
         if len(caller.turns) >= self.turns:
             caller.done = True
         else:
-            self.speak_at[caller.index] = k + _chunks(self.rng.uniform(*self.pause_s))
+            self.speak_at[caller.index] = k + _chunks(playing_s + self.rng.uniform(*self.pause_s))
 
 
 class BargeIn(Script):
@@ -353,9 +360,11 @@ class RunResult:
 
 async def run_callers(url: str, n: int, make_script: Any, clip: Clip, *, budget_s: float,
                       session: dict[str, Any] | None = None, deflate: bool = False,
-                      on_steady: Any = None, connect_concurrency: int = 25) -> RunResult:
+                      on_steady: Any = None, before_close: Any = None,
+                      connect_concurrency: int = 25) -> RunResult:
     """Connect `n` callers, stream until every script is done or `budget_s` passes; return them.
-    `on_steady(t)` (optional, sync) is called once every caller is connected and streaming."""
+    `on_steady(t)` (optional, sync) is called once every caller is connected and streaming;
+    `before_close()` (optional, sync) once the streaming has ended, before the callers hang up."""
     session = session or voice_session()
     callers = [Caller(i, make_script(i), clip, i % PHASES) for i in range(n)]
     sem = asyncio.Semaphore(connect_concurrency)
@@ -407,6 +416,8 @@ async def run_callers(url: str, n: int, make_script: Any, clip: Clip, *, budget_
                 break
     ended = time.perf_counter()
     await asyncio.sleep(0.3)  # late events
+    if before_close is not None:
+        before_close()
     stop.set()
     await probe_task
     for c in live:

@@ -43,7 +43,7 @@ SILENCE_MS = 500
 def turns_for(n: int, quick: bool) -> int:
     if quick:
         return 1
-    return 15 if n == 1 else 6 if n <= 10 else 3
+    return 10 if n == 1 else 5 if n <= 10 else 3
 
 
 def parley_env(engines: EngineServer) -> dict[str, str]:
@@ -74,19 +74,25 @@ def run_one(n: int, engines: EngineServer, clip: Clip, vad: VadClock, server_cpu
             marks["metrics"], marks["usage"] = server.metrics(), server.usage()
             marks["background"] = Background([server.pid, engines.pid])
 
+        def ended() -> None:
+            marks["background_pct"] = marks["background"].percent()  # type: ignore[attr-defined]
+            marks["lag"], marks["usage_end"], marks["metrics_end"] = server.lag(), server.usage(), server.metrics()
+
         def script(i: int) -> Conversation:
             return Conversation(turns, lead_s=(0.5, 0.5 + stagger), rng=random.Random(i))
 
         result = asyncio.run(run_callers(server.ws_url, n, script, clip, budget_s=budget,
-                                         session=voice_session(SILENCE_MS), deflate=deflate, on_steady=steady))
-        background = marks["background"].percent()  # type: ignore[attr-defined]
-        lag, usage, after = server.lag(), server.usage(), server.metrics()
+                                         session=voice_session(SILENCE_MS), deflate=deflate, on_steady=steady,
+                                         before_close=ended))
+        background, lag = marks["background_pct"], marks["lag"]
+        usage, after = marks["usage_end"], marks["metrics_end"]
         m = turn_metrics(result, vad, silence_ms=SILENCE_MS, engines_ms=ENGINES_MS)
         before = marks["metrics"]
         return {
             "sessions": n, **counts(result),
             "added_ms": pct(m["added_ms"]), "server_added_ms": pct(m["server_added_ms"]),
             "vad_end_delay_ms": pct(m["vad_end_delay_ms"]), "speech_stopped_lag_ms": pct(m["stop_event_lag_ms"]),
+            "speech_started_lag_ms": pct(m["start_event_lag_ms"]),
             "server_loop_lag_ms": lag, "client_loop_lag_ms": pct(result.client_lag_ms),
             "server_cpu_percent": round(usage.cpu_percent_since(marks["usage"]), 1),
             "server_rss_mib": round(usage.rss_bytes / 2**20, 1),

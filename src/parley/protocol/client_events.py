@@ -8,6 +8,7 @@ their GA equivalents here, so the core speaks GA only.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, TypeAdapter
@@ -199,10 +200,56 @@ def parse_client_event(message: str | bytes, dialect: str = "ga") -> ClientEvent
             "Expected a text WebSocket message; binary frames are not supported.", "invalid_event"
         )
     try:
-        data = json.loads(message)
+        data = json.loads(message, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
-        return ProtocolError(f"Invalid event: failed to parse JSON value. {exc}", "invalid_json")
+        return ProtocolError(f"Invalid event: failed to parse JSON value. {exc}", "invalid_json",
+                             event_id=_lenient_event_id(message))
+    problem = _structure_problem(data)
+    if problem:
+        return ProtocolError(f"Invalid event: {problem}.", "invalid_json", event_id=_event_id(data))
     return parse_client_dict(data, dialect)
+
+
+MAX_DEPTH = 64
+
+
+def _event_id(data: Any) -> str | None:
+    value = data.get("event_id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _lenient_event_id(message: str) -> str | None:
+    """The event_id of a message we refuse only for NaN/Infinity, so the error can name it."""
+    try:
+        return _event_id(json.loads(message))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _structure_problem(data: Any) -> str | None:
+    """What JSON allows but we refuse: nesting deeper than MAX_DEPTH, and escaped lone UTF-16
+    surrogates (half an emoji), which cannot be echoed back as UTF-8."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"JSON nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, str):
+            if _LONE_SURROGATE.search(value):
+                return "a string contains a lone UTF-16 surrogate"
+        elif isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return None
 
 
 def parse_client_dict(data: Any, dialect: str = "ga") -> ClientEvent | ProtocolError:

@@ -134,7 +134,16 @@ class SessionRunner:
                 inp = await self.inbox.get()
                 if inp is _CLOSED:
                     break
-                await self._execute(self.session.handle(inp))
+                try:
+                    outputs = self.session.handle(inp)
+                except Exception:  # a bug in Parley: end this session cleanly, never the server
+                    log.exception("session core failed", extra={"session_id": self.session.id})
+                    await self._send_event({"event_id": self.session.ids.event(), "type": "error", "error": {
+                        "type": "server_error", "code": "server_error", "message": "The server had an error "
+                        "while processing your request; the session is closed.", "param": None, "event_id": None}})
+                    self._close = Close(1011, "server_error")
+                    break
+                await self._execute(outputs)
         except SlowClient as exc:
             log.warning("closing a session whose client does not read", extra={"session_id": self.session.id,
                                                                                "reason": str(exc)})
