@@ -74,8 +74,7 @@ def run_step(n: int, engines: EngineServer, clip: Clip, vad: VadClock, server_cp
         checks = {
             "vad_events_on_time": vad_p99 is not None and vad_p99 <= limits.vad_lag_ms,
             "loop_lag_ok": lag.get("p99_ms") is not None and lag["p99_ms"] <= limits.loop_lag_ms,
-            "all_answered": not late and c["errors"] == 0 and c["connect_failures"] == 0
-                            and not any(cl.closed and not cl.done for cl in result.callers if cl.ws is None),
+            "all_answered": not late and c["errors"] == 0 and c["connect_failures"] == 0,
         }
         cpu = window["cpu_percent"]
         rss = window["rss_peak_mib"]
@@ -135,6 +134,19 @@ def plot(steps: list[dict], path: str, loop_limit: float, vad_limit: float) -> N
     fig.savefig(path, dpi=110)
 
 
+def cpu_fit(points: list[tuple[int, float]]) -> dict | None:
+    """Server CPU = idle + per_session * N, fitted over the steps below 90 % CPU; the N at which
+    it would reach 100 % of a core is the CPU-bound ceiling (an estimate: it ignores the lag
+    that builds up before a core is full)."""
+    if len(points) < 2:
+        return None
+    import numpy as np
+
+    slope, intercept = np.polyfit([p[0] for p in points], [p[1] for p in points], 1)
+    return {"cpu_percent_idle": round(float(intercept), 2), "cpu_percent_per_session": round(float(slope), 3),
+            "sessions_at_100_percent": round(float((100 - intercept) / slope)) if slope > 0 else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 1, 5, short steps")
@@ -175,7 +187,8 @@ def main() -> None:
     ok = [s["sessions"] for s in results if s["real_time"]]
     best = max(ok) if ok else 0
     cores = 1 if server_cpus else None
-    per_session = [s["cpu_percent_per_session"] for s in results if s["cpu_percent_per_session"]]
+    linear = [(s["sessions"], s["server_cpu_percent"]) for s in results
+              if s["server_cpu_percent"] is not None and s["server_cpu_percent"] < 90]
     name = "capacity-quick" if args.quick else "capacity"
     RESULTS.mkdir(parents=True, exist_ok=True)
     png = RESULTS / f"{name}.png"
@@ -192,7 +205,7 @@ def main() -> None:
         "max_real_time_sessions": best,
         "sessions_per_core": best if cores == 1 else None,
         "target_100_per_core_met": cores == 1 and best >= 100,
-        "cpu_bound_estimate_sessions_per_core": round(100 / min(per_session)) if per_session else None,
+        "cpu_fit": cpu_fit(linear),
         "plot": plot_ref, "elapsed_s": round(time.monotonic() - began, 1),
     })
 

@@ -126,3 +126,18 @@ def test_metrics_are_exposed_and_move(parley) -> None:
     assert value(after, "parley_sessions_total") > value(before, "parley_sessions_total")
     assert value(after, 'parley_responses_total{status="completed"}') > value(before, 'parley_responses_total{status="completed"}')
     assert value(after, "parley_llm_first_token_seconds_count") > value(before, "parley_llm_first_token_seconds_count")
+
+
+def test_cors_preflight_and_body_limit(parley) -> None:
+    url = f"{parley.base_url}/realtime/client_secrets"
+    pre = httpx.options(url, headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+                                      "Access-Control-Request-Headers": "authorization,content-type,x-openai-agents-sdk"})
+    assert pre.status_code == 200
+    assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+    assert "x-openai-agents-sdk" in pre.headers["access-control-allow-headers"].lower()
+    r = httpx.post(url, json={}, headers={"Authorization": f"Bearer {parley.api_key}", "Origin": "http://app.example"})
+    assert r.headers["access-control-allow-origin"] in ("*", "http://app.example")
+    assert "location" in r.headers["access-control-expose-headers"].lower()
+    big = httpx.post(url, content=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                     headers={"Authorization": f"Bearer {parley.api_key}", "Content-Type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
 
     # auth
     api_keys: CommaList = Field(default_factory=list)
+    cors_origins: CommaList = Field(default_factory=lambda: ["*"])  # browser origins allowed to call the REST API
+    max_body_bytes: int = 1024 * 1024  # REST request bodies
 
     # the language model
     llm_base_url: str | None = None
@@ -81,7 +83,7 @@ class Settings(BaseSettings):
     log_json: bool = True
     debug_log_content: bool = False
 
-    @field_validator("api_keys", "models", mode="before")
+    @field_validator("api_keys", "models", "cors_origins", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
