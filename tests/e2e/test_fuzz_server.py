@@ -16,9 +16,9 @@ examples before them), the session is reopened, and all are reported at the end;
 failure with the printed `PARLEY_FUZZ_SEED`.  CI runs 30 examples within a 35 s budget;
 `PARLEY_FUZZ_EXAMPLES=2000` makes a soak run (with no time budget unless PARLEY_FUZZ_BUDGET_S).
 
-Known bugs are pinned by the xfail tests at the bottom; the inputs that trigger them are left out
-of the fuzz (the flags below) so that it keeps finding new ones.  Turn a flag on when its test
-starts to pass.
+The bugs this fuzz found have regression tests at the bottom.  The flags below switch their
+triggers (lone surrogates, NaN/Infinity, deep nesting) in the fuzz on or off: turn one off while
+its bug is open (and its test marked xfail), so that the fuzz keeps finding new ones.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ PROBE_TIMEOUT_S = 15
 FILLER_REPLY = "Ok."  # every model reply during an example: short, so it is cheap to speak
 PROBE_REPLY = "Probe answered."
 
-# Inputs that trigger the known bugs pinned by the xfail tests below.
+# Inputs that triggered the bugs pinned by the regression tests at the bottom.
 LONE_SURROGATES = True  # test_lone_surrogate_escape_does_not_kill_the_session
 NON_FINITE_NUMBERS = True  # test_non_finite_numbers_are_refused_not_echoed
 DEEP_NESTING = True  # test_deeply_nested_json_does_not_kill_the_session
@@ -143,6 +143,23 @@ def nested_text(depth: int) -> str:
     return opens + "1" + closes
 
 
+def dumps(value: Any) -> str:
+    """JSON text of a generated value, `Deep` placeholders spliced in."""
+    deep: dict[str, str] = {}
+
+    def placeholder(obj: Any) -> str:
+        if not isinstance(obj, Deep):
+            raise TypeError(f"cannot encode {obj!r}")
+        marker = f"deep-{uuid.uuid4().hex}"
+        deep[json.dumps(marker)] = nested_text(obj.depth)
+        return marker
+
+    text = json.dumps(value, default=placeholder)
+    for marker, nested in deep.items():
+        text = text.replace(marker, nested, 1)
+    return text
+
+
 @dataclass(frozen=True)
 class Send:
     """One frame: an event (dict, placeholders resolved at send time) or raw text/bytes.
@@ -196,7 +213,7 @@ def pick(*choices: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.sampled_from(choices).flatmap(lambda chosen: chosen)
 
 
-# sizes spread over orders of magnitude, up to ~1 MB (a uniform draw would rarely be small)
+# sizes spread over orders of magnitude, so that ~1 MB comes up often (not only near 1 kB)
 huge_sizes = st.tuples(st.sampled_from([1_000, 10_000, 100_000, 400_000, HUGE]), st.integers(0, 999)).map(
     lambda t: t[0] - t[1])
 
@@ -247,7 +264,7 @@ json_values = st.recursive(json_leaves, lambda kids: st.one_of(st.lists(kids, ma
 json_objects = st.one_of(st.dictionaries(small_text, json_values, max_size=4),
                          st.integers(1, 4000 if DEEP_NESTING else SAFE_DEPTH).map(lambda d: {"deep": Deep(d)}))
 
-# A value of some other type, for mutations (no NaN: that is its own bug, see the flags).
+# A value of some other type, for mutations (NaN and Infinity only with NON_FINITE_NUMBERS).
 weird_values = st.one_of(
     st.sampled_from([None, True, False, 0, -1, 1.5, 2**64, -(2**63), "", "x", [], {}, [None], {"": None},
                      "inf", "null", "true", "0"]),
@@ -302,7 +319,7 @@ messages = st.one_of(
 )
 items = st.one_of(
     messages, messages,
-    part("function_call", {"name": small_text, "arguments": st.one_of(texts, json_objects.map(json.dumps))},
+    part("function_call", {"name": small_text, "arguments": st.one_of(texts, json_objects.map(dumps))},
          {"call_id": st.text(max_size=40), **item_common}),
     part("function_call_output", {"call_id": call_ids, "output": texts}, item_common),
     part("mcp_approval_response", {"id": st.text(min_size=1, max_size=32), "approval_request_id": small_text,
@@ -430,7 +447,7 @@ def mutated(draw: st.DrawFn, base: dict[str, Any]) -> Send:
 
 
 def _as_send(ev: dict[str, Any]) -> Send:
-    size = len(json.dumps(ev, default=lambda placeholder: "?"))
+    size = len(json.dumps(ev, default=repr))
     return Send(ev, f"{ev['type']}" + (f" {_size(size)}" if size > 100_000 else ""))
 
 
@@ -618,18 +635,14 @@ class FuzzSession:
         return await self.until(lambda: next((e for e in self.events[since:] if match(e)), None), timeout_s, what)
 
     # sending
-    def _resolve(self, value: Any, deep: dict[str, str]) -> Any:
+    def _resolve(self, value: Any) -> Any:
         if isinstance(value, Known):
             pool = self.known[value.kind]
             return pool[value.index % len(pool)] if pool else f"unknown_{value.kind}_{value.index}"
-        if isinstance(value, Deep):
-            marker = f"deep-{uuid.uuid4().hex}"
-            deep[json.dumps(marker)] = nested_text(value.depth)
-            return marker
         if isinstance(value, dict):
-            return {k: self._resolve(v, deep) for k, v in value.items()}
+            return {k: self._resolve(v) for k, v in value.items()}
         if isinstance(value, list):
-            return [self._resolve(v, deep) for v in value]
+            return [self._resolve(v) for v in value]
         return value
 
     async def send(self, frame: str | bytes) -> None:
@@ -654,10 +667,7 @@ class FuzzSession:
         elif isinstance(action.payload, (str, bytes)):
             await self.send(action.payload)
         else:
-            deep: dict[str, str] = {}
-            text = json.dumps(self._resolve(action.payload, deep))
-            for marker, value in deep.items():
-                text = text.replace(marker, value, 1)
+            text = dumps(self._resolve(action.payload))
             if action.raw == "truncate":
                 text = text[: max(1, len(text) // 2)]
             elif action.raw == "trailing":
@@ -808,7 +818,7 @@ def test_fuzz_one_session(fuzz_server: ParleyServer, fuzz_llm: ScriptedLLMServer
     assert "Traceback" not in log, log[log.index("Traceback") - 500:][:5000]
 
 
-# --- known bugs the fuzz found, pinned ------------------------------------------------------
+# --- regressions: bugs the fuzz found --------------------------------------------------------
 
 
 async def _session(server: ParleyServer, llm: ScriptedLLMServer) -> FuzzSession:
@@ -820,6 +830,8 @@ async def _session(server: ParleyServer, llm: ScriptedLLMServer) -> FuzzSession:
 
 async def test_lone_surrogate_escape_does_not_kill_the_session(fuzz_server: ParleyServer,
                                                                fuzz_llm: ScriptedLLMServer) -> None:
+    """An escaped lone surrogate (a JS string cut mid-emoji) was echoed raw: the UTF-8 encode of
+    the echo killed the writer and the session (1006)."""
     client = await _session(fuzz_server, fuzz_llm)
     try:
         await client.send('{"type": "conversation.item.create", "item": {"type": "message", "role": "user", '
@@ -833,6 +845,8 @@ async def test_lone_surrogate_escape_does_not_kill_the_session(fuzz_server: Parl
 
 async def test_non_finite_numbers_are_refused_not_echoed(fuzz_server: ParleyServer,
                                                          fuzz_llm: ScriptedLLMServer) -> None:
+    """NaN/Infinity (not JSON) were accepted in free-form fields and echoed as bare tokens that
+    strict parsers (JSON.parse) reject."""
     client = await _session(fuzz_server, fuzz_llm)
     try:
         await client.send('{"type": "session.update", "event_id": "nan", "session": {"type": "realtime", '
@@ -851,6 +865,8 @@ async def test_non_finite_numbers_are_refused_not_echoed(fuzz_server: ParleyServ
 
 async def test_deeply_nested_json_does_not_kill_the_session(fuzz_server: ParleyServer,
                                                             fuzz_llm: ScriptedLLMServer) -> None:
+    """JSON nested ~800 deep in tool parameters parsed, then the session config's recursive
+    merge hit the recursion limit and the exception killed the session."""
     client = await _session(fuzz_server, fuzz_llm)
     try:
         deep = '{"a": ' * 800 + "1" + "}" * 800

@@ -21,14 +21,12 @@ import pydantic
 
 from parley.engines.errors import EngineError
 from parley.engines.llm import ChatRequest, Finished, LLMEvent, TextDelta, ToolCallDelta, Usage
+from parley.engines.openai_common import KeylessRepr, make_client, map_error
 
 log = logging.getLogger(__name__)
 
-_PLACEHOLDER_KEY = "not-needed"
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
 
-
-class OpenAICompatibleLLM:
+class OpenAICompatibleLLM(KeylessRepr):
     """Streams chat completions from `base_url` (e.g. "http://127.0.0.1:8080/v1") using `model`.
 
     `ChatRequest.model` (the realtime model alias the client asked for) is ignored: the engine
@@ -49,15 +47,7 @@ class OpenAICompatibleLLM:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.timeout_s = timeout_s
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=api_key or _PLACEHOLDER_KEY,
-            timeout=timeout_s,
-            max_retries=max_retries,
-        )
-
-    def __repr__(self) -> str:  # never shows the API key
-        return f"OpenAICompatibleLLM(base_url={self.base_url!r}, model={self.model!r})"
+        self._client = make_client(self.base_url, api_key, timeout_s, max_retries)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -134,48 +124,12 @@ class OpenAICompatibleLLM:
 
     def _error(self, exc: Exception, *, started: bool) -> EngineError:
         """Translate an `openai` (or decoding) exception into an `EngineError`."""
-        if isinstance(exc, EngineError):
-            return exc
-        where = self._where()
-        if isinstance(exc, openai.APITimeoutError):
-            phase = "went silent mid-stream for" if started else "did not answer within"
-            return EngineError(f"{where} {phase} {self.timeout_s:g}s", code="llm_timeout", retryable=True)
-        if isinstance(exc, openai.APIConnectionError):
-            cause = exc.__cause__ or exc
-            if started:
-                return EngineError(
-                    f"{where} dropped the connection mid-stream: {cause}",
-                    code="llm_stream_interrupted",
-                    retryable=True,
-                )
-            return EngineError(f"cannot reach {where}: {cause}", code="llm_unavailable", retryable=True)
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            retryable = status in _RETRYABLE_STATUS or status >= 500
-            return EngineError(
-                f"{where} answered HTTP {status}: {_status_detail(exc)}",
-                code=f"llm_http_{status}",
-                retryable=retryable,
-            )
         if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError | pydantic.ValidationError):
-            return EngineError(f"{where} sent a malformed response: {exc}", code="llm_bad_stream")
-        if isinstance(exc, openai.APIError):  # e.g. an {"error": ...} event inside the stream
-            return EngineError(f"{where} reported an error: {exc.message}", code="llm_error")
-        if isinstance(exc, ValueError | KeyError | TypeError | AttributeError | UnicodeDecodeError):
-            return EngineError(f"{where} sent a malformed response: {exc!r}", code="llm_bad_stream")
-        return EngineError(f"{where} failed: {exc!r}", code="llm_error")
-
-
-def _status_detail(exc: openai.APIStatusError) -> str:
-    """The server's own error message: OpenAI/vLLM/llama.cpp JSON, Ollama's {"error": str}, or text."""
-    detail: object = exc.body
-    if isinstance(detail, dict):
-        detail = detail.get("error", detail)
-    if isinstance(detail, dict):
-        detail = detail.get("message")
-    if not isinstance(detail, str) or not detail.strip():
-        detail = exc.message or ""
-    return detail.strip()[:500]
+            return EngineError(f"{self._where()} sent a malformed response: {exc}", code="llm_bad_stream")
+        # Raw httpx errors are not timeouts/connection errors here, and the cause is shown with str().
+        return map_error(exc, where=self._where(), prefix="llm", timeout_s=self.timeout_s, started=started,
+                         malformed_code="llm_bad_stream", httpx_errors=False, repr_cause=False,
+                         fastapi_detail=False)  # fmt: skip
 
 
 def _usage(raw: Any) -> Usage:

@@ -21,7 +21,6 @@ rather than retried.  Every failure leaves as an `EngineError`.
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import logging
@@ -33,33 +32,14 @@ import numpy as np
 import openai
 
 from parley.engines.errors import EngineError
+from parley.engines.openai_common import KeylessRepr, make_client, map_error
 from parley.engines.stt import Transcript, TranscriptDelta
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
-_PLACEHOLDER_KEY = "not-needed"
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
 # How servers that do not stream transcriptions refuse `stream=true`.
 _STREAM_REFUSED_STATUS = frozenset({400, 415, 422, 501})
-
-
-def _httpx_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """(timeout, transport) exception classes of whichever httpx the `openai` client uses:
-    errors raised while reading a response body are not wrapped in openai's own types."""
-    timeouts: list[type[BaseException]] = []
-    transports: list[type[BaseException]] = []
-    for name in ("httpx2", "httpx"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        timeouts.append(module.TimeoutException)
-        transports.append(module.TransportError)
-    return tuple(timeouts), tuple(transports)
-
-
-_TIMEOUT_ERRORS, _TRANSPORT_ERRORS = _httpx_errors()
 
 
 def wav_bytes(pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
@@ -73,7 +53,7 @@ def wav_bytes(pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     return out.getvalue()
 
 
-class OpenAICompatibleSTT:
+class OpenAICompatibleSTT(KeylessRepr):
     """STTEngine over `base_url` (e.g. "http://127.0.0.1:8000/v1") transcribing with `model`
     (e.g. "whisper-1", "Systran/faster-whisper-small", "gpt-4o-mini-transcribe").
 
@@ -100,15 +80,7 @@ class OpenAICompatibleSTT:
         # True while we ask the server to stream; False once it has shown it will not.
         self.streams_partials = stream
         self._closed = False
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=api_key or _PLACEHOLDER_KEY,
-            timeout=timeout_s,
-            max_retries=max_retries,
-        )
-
-    def __repr__(self) -> str:  # never shows the API key
-        return f"OpenAICompatibleSTT(base_url={self.base_url!r}, model={self.model!r})"
+        self._client = make_client(self.base_url, api_key, timeout_s, max_retries)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -191,28 +163,8 @@ class OpenAICompatibleSTT:
 
     def _error(self, exc: Exception, *, started: bool) -> EngineError:
         """Translate an `openai`, httpx or decoding exception into an `EngineError`."""
-        where = self._where()
-        if isinstance(exc, (openai.APITimeoutError, *_TIMEOUT_ERRORS)):
-            phase = "went silent mid-stream for" if started else "did not answer within"
-            return EngineError(f"{where} {phase} {self.timeout_s:g}s", code="stt_timeout", retryable=True)
-        if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
-            cause = exc.__cause__ or exc
-            if started:
-                return EngineError(f"{where} dropped the connection mid-stream: {cause!r}",
-                                   code="stt_stream_interrupted", retryable=True)  # fmt: skip
-            return EngineError(f"cannot reach {where}: {cause!r}", code="stt_unavailable", retryable=True)
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            return EngineError(
-                f"{where} answered HTTP {status}: {_status_detail(exc)}",
-                code=f"stt_http_{status}",
-                retryable=status in _RETRYABLE_STATUS or status >= 500,
-            )
-        if isinstance(exc, openai.APIError):  # e.g. an {"error": ...} event inside the stream
-            return EngineError(f"{where} reported an error: {exc.message}", code="stt_error")
-        if isinstance(exc, ValueError | KeyError | TypeError | AttributeError | UnicodeDecodeError):
-            return EngineError(f"{where} sent a malformed response: {exc!r}", code="stt_bad_response")
-        return EngineError(f"{where} failed: {exc!r}", code="stt_error")
+        return map_error(exc, where=self._where(), prefix="stt", timeout_s=self.timeout_s, started=started,
+                         malformed_code="stt_bad_response")  # fmt: skip
 
 
 class _StreamRefused(Exception):
@@ -287,18 +239,6 @@ class _Reply:
     def final_text(self) -> str:
         text = self.text if self.text is not None else "".join(self.deltas)
         return text.strip()
-
-
-def _status_detail(exc: openai.APIStatusError) -> str:
-    """The server's own error message: OpenAI-style JSON, FastAPI's {"detail": ...}, or text."""
-    detail: object = exc.body
-    if isinstance(detail, dict):
-        detail = detail.get("error", detail.get("detail", detail))
-    if isinstance(detail, dict):
-        detail = detail.get("message")
-    if not isinstance(detail, str) or not detail.strip():
-        detail = exc.message or ""
-    return detail.strip()[:500]
 
 
 def _check_pcm(pcm: np.ndarray) -> np.ndarray:

@@ -19,47 +19,25 @@ stream, so the server can stop synthesising.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import openai
-
 from parley.engines.errors import EngineError
+from parley.engines.openai_common import KeylessRepr, make_client, map_error
 from parley.engines.tts import OPENAI_VOICES, VoiceMap
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24_000  # what OpenAI's "pcm" format means
-_PLACEHOLDER_KEY = "not-needed"
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
 _SPEED_MIN, _SPEED_MAX = 0.25, 4.0  # what /v1/audio/speech accepts
 # Content types that show the server ignored response_format="pcm" and sent an encoded file.
 _ENCODED_TYPES = ("audio/mpeg", "audio/mp3", "audio/ogg", "audio/opus", "audio/aac", "audio/flac",
                   "audio/wav", "audio/x-wav", "audio/wave", "application/json", "text/")  # fmt: skip
 
 
-def _httpx_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
-    """(timeout, transport) exception classes of whichever httpx the `openai` client uses:
-    errors raised while reading a streamed body are not wrapped in openai's own types."""
-    timeouts: list[type[BaseException]] = []
-    transports: list[type[BaseException]] = []
-    for name in ("httpx2", "httpx"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        timeouts.append(module.TimeoutException)
-        transports.append(module.TransportError)
-    return tuple(timeouts), tuple(transports)
-
-
-_TIMEOUT_ERRORS, _TRANSPORT_ERRORS = _httpx_errors()
-
-
-class OpenAICompatibleTTS:
+class OpenAICompatibleTTS(KeylessRepr):
     """TTSEngine over `base_url` (e.g. "http://127.0.0.1:8000/v1") speaking with `model`
     (e.g. "tts-1", "kokoro", "speaches-ai/Kokoro-82M-v1.0-ONNX").
 
@@ -87,15 +65,7 @@ class OpenAICompatibleTTS:
         self.voices = VoiceMap({v: v for v in OPENAI_VOICES}, voice_overrides or {})
         self._chunk_bytes = max(1, SAMPLE_RATE * chunk_ms // 1000) * 2
         self._closed = False
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            api_key=api_key or _PLACEHOLDER_KEY,
-            timeout=timeout_s,
-            max_retries=max_retries,
-        )
-
-    def __repr__(self) -> str:  # never shows the API key
-        return f"OpenAICompatibleTTS(base_url={self.base_url!r}, model={self.model!r})"
+        self._client = make_client(self.base_url, api_key, timeout_s, max_retries)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -145,41 +115,10 @@ class OpenAICompatibleTTS:
 
     def _error(self, exc: Exception, *, started: bool) -> EngineError:
         """Translate an `openai` or httpx exception into an `EngineError`."""
-        where = self._where()
-        if isinstance(exc, (openai.APITimeoutError, *_TIMEOUT_ERRORS)):
-            phase = "went silent mid-stream for" if started else "did not answer within"
-            return EngineError(f"{where} {phase} {self.timeout_s:g}s", code="tts_timeout", retryable=True)
-        if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
-            cause = exc.__cause__ or exc
-            if started:
-                return EngineError(f"{where} dropped the connection mid-stream: {cause!r}",
-                                   code="tts_stream_interrupted", retryable=True)  # fmt: skip
-            return EngineError(f"cannot reach {where}: {cause!r}", code="tts_unavailable", retryable=True)
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            return EngineError(
-                f"{where} answered HTTP {status}: {_status_detail(exc)}",
-                code=f"tts_http_{status}",
-                retryable=status in _RETRYABLE_STATUS or status >= 500,
-            )
-        if isinstance(exc, openai.APIError):
-            return EngineError(f"{where} reported an error: {exc.message}", code="tts_error")
-        return EngineError(f"{where} failed: {exc!r}", code="tts_error")
+        return map_error(exc, where=self._where(), prefix="tts", timeout_s=self.timeout_s, started=started)
 
 
 def _split_whole_samples(data: bytes) -> tuple[bytes, bytes]:
     """(the whole 16-bit samples in `data`, the odd byte left over)."""
     cut = len(data) - len(data) % 2
     return data[:cut], data[cut:]
-
-
-def _status_detail(exc: openai.APIStatusError) -> str:
-    """The server's own error message: OpenAI-style JSON, FastAPI's {"detail": ...}, or text."""
-    detail: object = exc.body
-    if isinstance(detail, dict):
-        detail = detail.get("error", detail.get("detail", detail))
-    if isinstance(detail, dict):
-        detail = detail.get("message")
-    if not isinstance(detail, str) or not detail.strip():
-        detail = exc.message or ""
-    return detail.strip()[:500]
