@@ -99,7 +99,10 @@ class ParleyProc(Proc):
     def __init__(self, env: dict[str, str], *, cpus: set[int] | None = None, name: str = "parley",
                  timeout_s: float = 60) -> None:
         self.port = free_port()
-        full_env = {**os.environ, "PARLEY_API_KEYS": API_KEY, "PARLEY_LOG_LEVEL": "warning", **env}
+        # one key for every caller: lift the per-key session and token limits, which would
+        # otherwise refuse callers (100 sessions) or responses (40k tokens a minute)
+        full_env = {**os.environ, "PARLEY_API_KEYS": API_KEY, "PARLEY_LOG_LEVEL": "warning",
+                    "PARLEY_MAX_SESSIONS_PER_KEY": "0", "PARLEY_TOKENS_PER_MINUTE": "1000000000", **env}
         super().__init__([sys.executable, str(BENCH / "_server.py"), "--port", str(self.port)], full_env, name, cpus)
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/realtime?model=gpt-realtime"

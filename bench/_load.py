@@ -105,6 +105,8 @@ class Turn:
     interrupted_status: str | None = None
     interrupted_last_audio_at: float | None = None
     interrupted_audio_after_start: int = 0  # its deltas received after speech_started
+    times: dict[str, float] = field(default_factory=dict)  # first arrival of each event type
+    transcript: str | None = None
 
 
 @dataclass
@@ -161,6 +163,10 @@ class Caller:
         ev = json.loads(msg)
         kind = ev.get("type")
         turn = self.turns[-1] if self.turns else None
+        if turn is not None:
+            turn.times.setdefault(kind, now)
+            if kind == "conversation.item.input_audio_transcription.completed":
+                turn.transcript = ev.get("transcript")
         if kind == "input_audio_buffer.speech_started" and turn is not None and turn.started_at is None:
             turn.started_at, turn.audio_start_ms = now, ev["audio_start_ms"]
         elif kind == "input_audio_buffer.speech_stopped" and turn is not None and turn.stopped_at is None:
@@ -315,7 +321,8 @@ async def connect(caller: Caller, url: str, session: dict[str, Any], deflate: bo
 
     caller.ws = await ws_connect(url, additional_headers={"Authorization": f"Bearer {API_KEY}"},
                                  compression="deflate" if deflate else None, max_size=None,
-                                 ping_interval=None, open_timeout=60, close_timeout=2)
+                                 ping_interval=None, open_timeout=60, close_timeout=2,
+                                 write_limit=2**24)  # never wait on a slow server: keep real-time pace
     await caller.ws.send(json.dumps({"type": "session.update", "session": session}))
     while True:
         ev = json.loads(await asyncio.wait_for(caller.ws.recv(), 30))

@@ -6,7 +6,8 @@
 Each step starts a fresh server (STT, LLM and TTS are the fixed-latency remote servers of
 bench/fixed_engines.py) and N callers that talk for `--step-seconds`: speak a sentence, wait for
 the answer and for its audio to play, pause, speak again (about a third of the time speaking).
-N steps up until a step breaks or the time budget runs out.
+N steps up until a step breaks or the time budget runs out, then bisects between the last good
+and the first broken N to within `--resolution` sessions.
 
 A step is real-time when
 * VAD events do not fall behind: `speech_started` / `speech_stopped` reach the caller at most
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
 import time
 
 from _common import (RESULTS, Background, EngineServer, ParleyProc, ProcUsage, Sampler, cpu_plan, machine, pct,
@@ -156,11 +158,14 @@ def main() -> None:
     parser.add_argument("--vad-lag-ms", type=float, default=50)
     parser.add_argument("--loop-lag-ms", type=float, default=20)
     parser.add_argument("--keep-going", action="store_true", help="run every step even after one breaks")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="after a break, bisect until the gap is this small (default 5; quick: no bisection)")
     parser.add_argument("--no-pin", action="store_true")
     args = parser.parse_args()
     steps = [int(x) for x in args.steps.split(",")] if args.steps else ([1, 5] if args.quick else FULL_STEPS)
     seconds = args.step_seconds or (6 if args.quick else 20)
     budget = args.budget_seconds or (50 if args.quick else 300)
+    args.resolution = args.resolution or (10**6 if args.quick else 5)
     server_cpus, client_cpus = cpu_plan(not args.no_pin)
     pin_self(client_cpus)
     began = time.monotonic()
@@ -178,14 +183,27 @@ def main() -> None:
             results.append(step)
             print(f"N={n}: real_time={step['real_time']} {step['checks']} cpu={step['server_cpu_percent']}% "
                   f"vad p99={step['vad_event_lag_ms']['p99']} loop p99={step['server_loop_lag_ms'].get('p99_ms')}",
-                  flush=True)
+                  file=sys.stderr, flush=True)
             if not step["real_time"] and not args.keep_going:
                 stopped_by = f"N={n} broke"
                 break
+        # bisect between the last good N and the first broken one, to within --resolution
+        good = [s["sessions"] for s in results if s["real_time"]]
+        bad = [s["sessions"] for s in results if not s["real_time"]]
+        lo, hi = (max(good) if good else 0), (min(bad) if bad else None)
+        while hi is not None and hi - lo > args.resolution and time.monotonic() - began < budget:
+            n = (lo + hi) // 2
+            step = run_step(n, engines, clip, vad, server_cpus, seconds, args)
+            results.append(step)
+            print(f"N={n} (refining): real_time={step['real_time']} cpu={step['server_cpu_percent']}%",
+                  file=sys.stderr, flush=True)
+            lo, hi = (n, hi) if step["real_time"] else (lo, n)
+        results.sort(key=lambda s: s["sessions"])
     finally:
         engines.stop()
     ok = [s["sessions"] for s in results if s["real_time"]]
-    best = max(ok) if ok else 0
+    broken = [s["sessions"] for s in results if not s["real_time"]]
+    best = max((n for n in ok if not broken or n < min(broken)), default=0)
     cores = 1 if server_cpus else None
     linear = [(s["sessions"], s["server_cpu_percent"]) for s in results
               if s["server_cpu_percent"] is not None and s["server_cpu_percent"] < 90]

@@ -1,0 +1,159 @@
+"""End to end with the embedded engines that run here: time to first audio, by stage.
+
+    .venv/bin/python bench/end_to_end.py [--quick] [--sessions 1,4] [--pin]
+
+Parley runs pocketsphinx (STT, in process, PARLEY_STT_ENGINE=pocketsphinx), espeak-ng (TTS, in
+process) and real Silero VAD; the LLM is the fixed-latency server of bench/fixed_engines.py
+(first token, holding the whole first sentence, after 100 ms).  Callers speak flite test speech
+at real-time pace (server_vad, silence 500 ms, transcription on, so the transcript event marks
+the end of the STT stage at the client).
+
+Per turn, from client timestamps (ms):
+* `vad_ms`: last speech chunk sent -> `speech_stopped` (the 500 ms silence window, the VAD's
+  own end delay, the resampler and the server);
+* `stt_ms`: `speech_stopped` -> `input_audio_transcription.completed` (pocketsphinx);
+* `llm_tts_ms`: transcript -> first `response.output_audio.delta` (the LLM's 100 ms, the text
+  chunker, espeak-ng for the whole first clause, resampling and sending);
+* `total_ms`: last speech chunk sent -> first audio delta.
+
+From the server's /metrics (means over the run): `parley_stt_seconds`,
+`parley_llm_first_token_seconds`, `parley_tts_first_audio_seconds` (clause -> first audio chunk
+from the engine), `parley_speech_end_to_first_audio_seconds`.
+By default nothing is pinned: the embedded engines run in threads and may use both cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+
+import numpy as np
+
+from _common import (RESULTS, Background, EngineServer, ParleyProc, cpu_plan, histogram_delta, machine, pct,
+                     pin_self, pyplot, save)
+from _load import CHUNK_MS, Clip, Conversation, counts, run_callers, voice_session
+from latency import warm_up
+
+SENTENCE = "turn off the lights in the kitchen"
+LLM_MS = 100
+STAGES = ("vad_ms", "stt_ms", "llm_tts_ms", "total_ms")
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    ref, hyp = reference.lower().split(), (hypothesis or "").lower().split()
+    d = np.zeros((len(ref) + 1, len(hyp) + 1), dtype=int)
+    d[:, 0], d[0, :] = range(len(ref) + 1), range(len(hyp) + 1)
+    for i in range(1, len(ref) + 1):
+        for j in range(1, len(hyp) + 1):
+            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]))
+    return float(d[len(ref), len(hyp)] / max(len(ref), 1))
+
+
+def run_one(n: int, turns: int, engines: EngineServer, clip: Clip, server_cpus: set[int] | None) -> dict:
+    env = {"PARLEY_LLM_BASE_URL": engines.base_url, "PARLEY_LLM_MODEL": "bench",
+           "PARLEY_STT_ENGINE": "pocketsphinx", "PARLEY_TTS_ENGINE": "espeak"}
+    server = ParleyProc(env, cpus=server_cpus, name=f"e2e-n{n}", timeout_s=120)
+    session = voice_session(500)
+    session["audio"]["input"]["transcription"] = {"model": "pocketsphinx"}
+    try:
+        warm_up(server, clip)
+        marks: dict = {}
+
+        def steady(_t: float) -> None:
+            server.lag()
+            marks["metrics"] = server.metrics()
+            marks["background"] = Background([server.pid, engines.pid])
+
+        def ended() -> None:
+            marks["lag"], marks["metrics_end"] = server.lag(), server.metrics()
+            marks["background_pct"] = marks["background"].percent()
+
+        result = asyncio.run(run_callers(
+            server.ws_url, n, lambda i: Conversation(turns, lead_s=(0.5, 0.5 + n * 0.4), rng=random.Random(i)), clip,
+            budget_s=20 + 10 * turns, session=session, on_steady=steady, before_close=ended))
+        stages: dict[str, list[float]] = {k: [] for k in STAGES}
+        errors: list[float] = []
+        for c in result.callers:
+            for t in c.turns:
+                last = int(np.ceil(t.speech_end_ms / CHUNK_MS)) - 1
+                done = t.times.get("conversation.item.input_audio_transcription.completed")
+                if t.stopped_at is None or done is None or t.first_audio_at is None or last >= len(c.sent_at):
+                    continue
+                spoke = c.sent_at[last]
+                stages["vad_ms"].append(1000 * (t.stopped_at - spoke))
+                stages["stt_ms"].append(1000 * (done - t.stopped_at))
+                stages["llm_tts_ms"].append(1000 * (t.first_audio_at - done))
+                stages["total_ms"].append(1000 * (t.first_audio_at - spoke))
+                errors.append(wer(SENTENCE, t.transcript or ""))
+        before, after = marks["metrics"], marks["metrics_end"]
+        return {
+            "sessions": n, **counts(result),
+            "client_stages_ms": {k: pct(v) for k, v in stages.items()},
+            "server_stage_means_ms": {name: histogram_delta(before, after, f"parley_{name}_seconds")["mean_ms"]
+                                      for name in ("stt", "llm_first_token", "tts_first_audio",
+                                                   "speech_end_to_first_audio")},
+            "word_error_rate_mean": round(float(np.mean(errors)), 3) if errors else None,
+            "server_loop_lag_ms": marks["lag"], "client_loop_lag_ms": pct(result.client_lag_ms),
+            "other_processes_cpu_percent": marks["background_pct"],
+        }
+    finally:
+        server.stop()
+
+
+def plot(runs: list[dict], path: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(10, 2.2 + 0.8 * len(runs)))
+    colors = {"vad_ms": "#8da0cb", "stt_ms": "#fc8d62", "llm_tts_ms": "#66c2a5"}
+    names = {"vad_ms": "end of speech → speech_stopped (incl. 500 ms silence)",
+             "stt_ms": "STT (pocketsphinx)", "llm_tts_ms": "LLM 100 ms + espeak first clause + send"}
+    for i, r in enumerate(runs):
+        left = 0.0
+        for key in ("vad_ms", "stt_ms", "llm_tts_ms"):
+            w = r["client_stages_ms"][key]["p50"] or 0.0
+            ax.barh(i, w, left=left, color=colors[key], label=names[key] if i == 0 else None)
+            ax.text(left + w / 2, i, f"{w:.0f}", ha="center", va="center", fontsize=8)
+            left += w
+    ax.set_yticks(range(len(runs)), [f"N={r['sessions']}" for r in runs])
+    ax.set_xlabel("ms from the last speech chunk sent to the first audio delta (p50 of each stage)")
+    ax.set_title("End to end with embedded engines (pocketsphinx, espeak-ng, Silero; LLM fixed 100 ms)", fontsize=10)
+    fig.legend(fontsize=7, loc="lower center", ncol=3)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one caller, one turn")
+    parser.add_argument("--sessions", default=None)
+    parser.add_argument("--turns", type=int, default=None)
+    parser.add_argument("--pin", action="store_true", help="pin the server to one core")
+    args = parser.parse_args()
+    ns = [int(x) for x in args.sessions.split(",")] if args.sessions else ([1] if args.quick else [1, 4])
+    server_cpus, client_cpus = cpu_plan(args.pin)
+    pin_self(client_cpus)
+    began = time.monotonic()
+    clip = Clip.make(SENTENCE)
+    engines = EngineServer(llm_ms=LLM_MS, cpus=client_cpus, name="e2e-engines")
+    try:
+        runs = [run_one(n, args.turns or (1 if args.quick else 8 if n == 1 else 3), engines, clip, server_cpus)
+                for n in ns]
+    finally:
+        engines.stop()
+    name = "end_to_end-quick" if args.quick else "end_to_end"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    try:
+        plot(runs, str(RESULTS / f"{name}.png"))
+        plot_ref = f"bench/results/{name}.png"
+    except Exception as exc:  # noqa: BLE001
+        plot_ref = repr(exc)
+    save(name, {"benchmark": "end_to_end", "quick": args.quick, "machine": machine(),
+                "setup": {"stt": "pocketsphinx (embedded)", "tts": "espeak-ng (embedded)", "vad": "silero",
+                          "llm": f"fixed-latency remote, first token {LLM_MS} ms", "silence_duration_ms": 500,
+                          "pinned": server_cpus is not None},
+                "runs": runs, "plot": plot_ref, "elapsed_s": round(time.monotonic() - began, 1)})
+
+
+if __name__ == "__main__":
+    main()
