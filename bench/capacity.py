@@ -111,7 +111,7 @@ def plot(steps: list[dict], path: str, loop_limit: float, vad_limit: float) -> N
     ax.plot(ns, series("server_loop_lag_ms", "p99_ms"), "s--", label="server loop lag p99")
     ax.axhline(vad_limit, color="red", lw=0.8, ls="--", label=f"VAD limit {vad_limit:g} ms")
     ax.axhline(loop_limit, color="orange", lw=0.8, ls="--", label=f"loop-lag limit {loop_limit:g} ms")
-    ax.set_yscale("symlog", linthresh=10)
+    ax.set_yscale("log")
     ax.set_title("Falling behind?", fontsize=10)
     ax.set_ylabel("ms")
     ax = axes[1]
@@ -121,8 +121,14 @@ def plot(steps: list[dict], path: str, loop_limit: float, vad_limit: float) -> N
     ax.set_ylabel("% of one core")
     ax = axes[2]
     ax.plot(ns, [s["rss_per_session_kib"] or float("nan") for s in steps], "o-", label="RSS per session (KiB)")
-    ax.plot(ns, [1000 * (s["cpu_percent_per_session"] or float("nan")) / 100 for s in steps], "s-",
-            label="CPU per session (ms per s)")
+    ax.set_ylabel("KiB")
+    ax.set_ylim(bottom=0)
+    twin = ax.twinx()
+    twin.plot(ns, [1000 * (s["cpu_percent_per_session"] or float("nan")) / 100 for s in steps], "s-",
+              color="tab:orange", label="CPU per session (ms of CPU per s)")
+    twin.set_ylabel("ms of CPU per second")
+    twin.set_ylim(bottom=0)
+    twin.legend(fontsize=8, loc="lower right")
     ax.set_title("Per session", fontsize=10)
     for ax in axes:
         ax.set_xlabel("concurrent sessions")

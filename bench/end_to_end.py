@@ -51,6 +51,52 @@ def wer(reference: str, hypothesis: str) -> float:
     return float(d[len(ref), len(hyp)] / max(len(ref), 1))
 
 
+def loop_stall(clip_text: str = SENTENCE) -> dict[str, dict[str, float]]:
+    """Do the embedded engines stall the event loop?  Each engine runs in this process as the
+    server runs it (its own worker thread), while a probe task measures how late a 5 ms sleep
+    wakes up.  An engine that holds the GIL inside C code stalls every session of the server."""
+    from parley.engines.stt_pocketsphinx import PocketSphinxSTT
+    from parley.engines.tts_espeak import EspeakTTS
+    from tests.support.speech import make_speech
+
+    pcm = make_speech(clip_text, rate=16000).pcm
+    stt, tts = PocketSphinxSTT(), EspeakTTS()
+    jobs = {"pocketsphinx transcribe (2.6 s of speech)": lambda: stt.transcribe(pcm),
+            "espeak-ng synthesize (one reply)": lambda: tts.synthesize(
+                "Sure, the kitchen lights are off now. Is there anything else?", voice="alloy")}
+
+    async def measure() -> dict[str, dict[str, float]]:
+        out = {}
+        for name, job in jobs.items():
+            async for _ in job():  # warm up
+                pass
+            lags: list[float] = []
+            stop = asyncio.Event()
+
+            async def probe() -> None:
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    await asyncio.sleep(0.005)
+                    lags.append(1000 * (time.perf_counter() - t - 0.005))
+
+            task = asyncio.create_task(probe())
+            await asyncio.sleep(0.02)
+            began = time.perf_counter()
+            async for _ in job():
+                pass
+            took = 1000 * (time.perf_counter() - began)
+            stop.set()
+            await task
+            out[name] = {"took_ms": round(took, 1), "loop_lag_max_ms": round(max(lags), 1),
+                         "loop_lag_p50_ms": round(float(np.percentile(lags, 50)), 1),
+                         "probe_wakeups": len(lags), "wakeups_if_free": int(took / 5.1)}
+        await stt.aclose()
+        await tts.aclose()
+        return out
+
+    return asyncio.run(measure())
+
+
 def run_one(n: int, turns: int, engines: EngineServer, clip: Clip, server_cpus: set[int] | None) -> dict:
     env = {"PARLEY_LLM_BASE_URL": engines.base_url, "PARLEY_LLM_MODEL": "bench",
            "PARLEY_STT_ENGINE": "pocketsphinx", "PARLEY_TTS_ENGINE": "espeak"}
@@ -137,6 +183,7 @@ def main() -> None:
     clip = Clip.make(SENTENCE)
     engines = EngineServer(llm_ms=LLM_MS, cpus=client_cpus, name="e2e-engines")
     try:
+        stall = loop_stall()
         runs = [run_one(n, args.turns or (1 if args.quick else 8 if n == 1 else 3), engines, clip, server_cpus)
                 for n in ns]
     finally:
@@ -152,7 +199,7 @@ def main() -> None:
                 "setup": {"stt": "pocketsphinx (embedded)", "tts": "espeak-ng (embedded)", "vad": "silero",
                           "llm": f"fixed-latency remote, first token {LLM_MS} ms", "silence_duration_ms": 500,
                           "pinned": server_cpus is not None},
-                "runs": runs, "plot": plot_ref, "elapsed_s": round(time.monotonic() - began, 1)})
+                "runs": runs, "engine_loop_stall": stall, "plot": plot_ref, "elapsed_s": round(time.monotonic() - began, 1)})
 
 
 if __name__ == "__main__":
