@@ -51,7 +51,9 @@ class StreamResampler:
     the same object can then take the next stream.
     """
 
-    def __init__(self, from_rate: int, to_rate: int) -> None:
+    def __init__(self, from_rate: int, to_rate: int, *, quality: str = _QUALITY) -> None:
+        """`quality` is soxr's: the default "HQ" for what people hear; "QQ" (cubic, no filter
+        delay) where latency matters more than fidelity, as in front of the VAD."""
         _check_rates(from_rate, to_rate)
         self.from_rate = from_rate
         self.to_rate = to_rate
@@ -60,7 +62,7 @@ class StreamResampler:
             import soxr
 
             self._stream = soxr.ResampleStream(
-                from_rate, to_rate, num_channels=1, dtype="int16", quality=_QUALITY
+                from_rate, to_rate, num_channels=1, dtype="int16", quality=quality
             )
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
