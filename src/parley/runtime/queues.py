@@ -22,7 +22,7 @@ class SlowClient(Exception):
 
 
 class Inbox:
-    def __init__(self, max_data: int = 512) -> None:
+    def __init__(self, max_data: int = 128) -> None:
         self._control: collections.deque[Any] = collections.deque()
         self._data: asyncio.Queue[Any] = asyncio.Queue(max_data)
         self._wake = asyncio.Event()
