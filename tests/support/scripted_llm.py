@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
-import socket
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from .scripted_server import DropConnection as _DropConnection
+from .scripted_server import ScriptedServer
 
 # --- replies -------------------------------------------------------------------------------
 
@@ -100,10 +97,6 @@ class CutMidStream:
 Reply = Text | ToolCall | ToolCalls | HTTPError | Hang | Malformed | CutMidStream
 
 
-class _DropConnection(Exception):
-    """Raised inside a streaming body: uvicorn then closes the socket mid-response."""
-
-
 # --- helpers -------------------------------------------------------------------------------
 
 
@@ -138,115 +131,16 @@ def _plan(reply: Reply) -> tuple[str, int, float, str | None, list[ToolCall]]:
     raise TypeError(f"not a streamable reply: {reply!r}")
 
 
-class _HideScriptedDrops(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        while exc is not None:
-            if isinstance(exc, _DropConnection):
-                return False
-            exc = exc.__cause__ or exc.__context__
-        return True
-
-
-logging.getLogger("uvicorn.error").addFilter(_HideScriptedDrops())
-
-
 # --- server --------------------------------------------------------------------------------
 
 
-class ScriptedLLMServer:
+class ScriptedLLMServer(ScriptedServer):
+    name = "scripted LLM"
+
     def __init__(self, *, model: str = "scripted-model", port: int = 0) -> None:
         self.model = model
-        self._port = port
-        self._lock = threading.Lock()
-        self._replies: deque[Reply] = deque()
-        self._requests: list[dict[str, Any]] = []
-        self._disconnects = 0
-        self._stopping = threading.Event()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"]),
-                                     Route("/v1/models", self._models, methods=["GET"])])  # fmt: skip
-
-    # scripting API (test thread)
-    def enqueue(self, *replies: Reply) -> None:
-        with self._lock:
-            self._replies.extend(replies)
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """A snapshot of the JSON bodies received so far, oldest first."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def disconnects(self) -> int:
-        """How many streamed responses the client abandoned before the end."""
-        with self._lock:
-            return self._disconnects
-
-    @property
-    def pending(self) -> int:
-        """How many enqueued replies are still unused."""
-        with self._lock:
-            return len(self._replies)
-
-    def clear(self) -> None:
-        """Forget recorded requests, queued replies and the disconnect count."""
-        with self._lock:
-            self._requests.clear()
-            self._replies.clear()
-            self._disconnects = 0
-
-    def wait_for_requests(self, n: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-        """Block until at least `n` requests have arrived; return them."""
-        deadline = time.monotonic() + timeout_s
-        while len(reqs := self.requests) < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"expected {n} requests, got {len(reqs)}")
-            time.sleep(0.01)
-        return reqs
-
-    # lifecycle
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}/v1"
-
-    def start(self) -> ScriptedLLMServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_config=None, log_level="warning", loop="asyncio", http="h11",
-                                lifespan="off", timeout_graceful_shutdown=1)  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("scripted LLM server failed to start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._stopping.set()
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> ScriptedLLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__([Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                          Route("/v1/models", self._models, methods=["GET"])], port=port)
 
     # HTTP handlers (server thread)
     async def _models(self, request: Request) -> Response:
@@ -256,9 +150,7 @@ class ScriptedLLMServer:
 
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
-        with self._lock:
-            self._requests.append(body)
-            reply = self._replies.popleft() if self._replies else None
+        reply = self._record(body)
         if reply is None:
             user = [m for m in body.get("messages", []) if m.get("role") == "user"]
             reply = Text("You said: " + (_content_text(user[-1].get("content")) if user else ""))
@@ -282,13 +174,6 @@ class ScriptedLLMServer:
             return StreamingResponse(self._cut_body(), media_type="application/json")
         return JSONResponse(self._merge([c async for c in chunks]))
 
-    async def _sleep(self, seconds: float, request: Request | None = None) -> None:
-        """Sleep, but wake early when the server stops or (if given) the client goes away."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
-            if request is not None and await request.is_disconnected():
-                return
-            await asyncio.sleep(min(0.05, left))
 
     async def _cut_body(self) -> AsyncIterator[bytes]:
         yield b'{"id": "chatcmpl-cut", "object": "chat.completion", "choices": [{"ind'

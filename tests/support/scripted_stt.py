@@ -30,24 +30,21 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import math
 import re
-import socket
-import threading
 import time
 import uuid
 import wave
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from .scripted_server import DropConnection as _DropConnection
+from .scripted_server import ScriptedServer
 
 STREAM_STYLES = ("openai", "vllm", "speaches", "ignore", "refuse")
 
@@ -102,23 +99,6 @@ class Malformed:
 Reply = Text | HTTPError | Hang | CutMidStream | Malformed
 
 
-class _DropConnection(Exception):
-    """Raised inside a streaming body: uvicorn then closes the socket mid-response."""
-
-
-class _HideScriptedDrops(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        while exc is not None:
-            if isinstance(exc, _DropConnection):
-                return False
-            exc = exc.__cause__ or exc.__context__
-        return True
-
-
-logging.getLogger("uvicorn.error").addFilter(_HideScriptedDrops())
-
-
 # --- helpers -------------------------------------------------------------------------------
 
 
@@ -157,101 +137,18 @@ def _describe_audio(data: bytes) -> dict[str, Any]:
 # --- server --------------------------------------------------------------------------------
 
 
-class ScriptedSTTServer:
+class ScriptedSTTServer(ScriptedServer):
+    """Each entry of `requests` has `model`, `language`, `prompt`, `stream` (the form field as
+    sent, or None), `response_format`, `filename`, `content_type`, `audio_seconds`,
+    `sample_rate`, `channels`, `sample_width` and `fields` (every other form field)."""
+
+    name = "scripted STT"
+
     def __init__(self, *, streaming: str = "openai", port: int = 0) -> None:
         if streaming not in STREAM_STYLES:
             raise ValueError(f"streaming must be one of {STREAM_STYLES}")
         self.streaming = streaming
-        self._port = port
-        self._lock = threading.Lock()
-        self._replies: deque[Reply] = deque()
-        self._requests: list[dict[str, Any]] = []
-        self._disconnects = 0
-        self._stopping = threading.Event()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.app = Starlette(routes=[Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"])])
-
-    # scripting API (test thread)
-    def enqueue(self, *replies: Reply) -> None:
-        with self._lock:
-            self._replies.extend(replies)
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """A snapshot of the requests received so far, oldest first: `model`, `language`,
-        `prompt`, `stream` (the form field as sent, or None), `response_format`, `filename`,
-        `content_type`, `audio_seconds`, `sample_rate`, `channels`, `sample_width`, `fields`
-        (every other form field)."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def disconnects(self) -> int:
-        """How many streamed answers the client abandoned before the end."""
-        with self._lock:
-            return self._disconnects
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._replies)
-
-    def clear(self) -> None:
-        """Forget recorded requests, queued replies and the disconnect count."""
-        with self._lock:
-            self._requests.clear()
-            self._replies.clear()
-            self._disconnects = 0
-
-    def wait_for_requests(self, n: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while len(reqs := self.requests) < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"expected {n} requests, got {len(reqs)}")
-            time.sleep(0.01)
-        return reqs
-
-    # lifecycle
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}/v1"
-
-    def start(self) -> ScriptedSTTServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_config=None, log_level="warning", loop="asyncio", http="h11",
-                                lifespan="off", timeout_graceful_shutdown=1)  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("scripted STT server failed to start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._stopping.set()
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> ScriptedSTTServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__([Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"])], port=port)
 
     # HTTP handler (server thread)
     async def _transcribe(self, request: Request) -> Response:
@@ -309,13 +206,6 @@ class ScriptedSTTServer:
             body["language"] = reply.language
         return JSONResponse(body)
 
-    async def _sleep(self, seconds: float, request: Request | None = None) -> None:
-        """Sleep, but wake early when the server stops or (if given) the client goes away."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
-            if request is not None and await request.is_disconnected():
-                return
-            await asyncio.sleep(min(0.05, left))
 
     async def _cut_body(self) -> AsyncIterator[bytes]:
         yield b'{"text": "this answer will be cu'

@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
-import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from .scripted_server import ScriptedServer
 
 SAMPLE_RATE = 24_000
 MS_PER_CHAR = 60
@@ -92,36 +89,16 @@ def _pieces(data: bytes, size: int) -> list[bytes]:
 # --- server --------------------------------------------------------------------------------
 
 
-class ScriptedTTSServer:
+class ScriptedTTSServer(ScriptedServer):
+    name = "scripted TTS"
+
     def __init__(self, *, port: int = 0) -> None:
-        self._port = port
-        self._lock = threading.Lock()
-        self._replies: deque[Reply] = deque()
-        self._requests: list[dict[str, Any]] = []
-        self._disconnects = 0
         self._completed = 0
-        self._stopping = threading.Event()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.app = Starlette(routes=[Route("/v1/audio/speech", self._speech, methods=["POST"])])
+        super().__init__([Route("/v1/audio/speech", self._speech, methods=["POST"])], port=port)
 
-    # scripting API (test thread)
-    def enqueue(self, *replies: Reply) -> None:
-        with self._lock:
-            self._replies.extend(replies)
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """Each request's JSON body (model, voice, input, speed, response_format, ...) plus
-        "authorization": the Authorization header."""
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def disconnects(self) -> int:
-        """How many streamed bodies the client abandoned before the end."""
-        with self._lock:
-            return self._disconnects
+    def _reset_counts(self) -> None:
+        super()._reset_counts()
+        self._completed = 0
 
     @property
     def completed(self) -> int:
@@ -129,11 +106,6 @@ class ScriptedTTSServer:
         with self._lock:
             return self._completed
 
-    def clear(self) -> None:
-        with self._lock:
-            self._requests.clear()
-            self._replies.clear()
-            self._disconnects = self._completed = 0
 
     def wait_for(self, predicate: Any, timeout_s: float = 5.0) -> None:
         """Block until `predicate(self)` is true (e.g. `lambda s: s.disconnects == 1`)."""
@@ -143,53 +115,10 @@ class ScriptedTTSServer:
                 raise TimeoutError("scripted TTS server: condition not reached")
             time.sleep(0.01)
 
-    # lifecycle
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._port}/v1"
-
-    def start(self) -> ScriptedTTSServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_config=None, log_level="warning", loop="asyncio", http="h11",
-                                lifespan="off", timeout_graceful_shutdown=1)  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("scripted TTS server failed to start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._stopping.set()
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> ScriptedTTSServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # HTTP handler (server thread)
     async def _speech(self, request: Request) -> Response:
         body = await request.json()
-        with self._lock:
-            self._requests.append({**body, "authorization": request.headers.get("authorization")})
-            reply = self._replies.popleft() if self._replies else Tone()
+        reply = self._record({**body, "authorization": request.headers.get("authorization")}, default=Tone())
         if isinstance(reply, HTTPError):
             payload = reply.body or {"error": {"message": f"scripted HTTP {reply.status}", "type": "scripted_error"}}
             if isinstance(payload, str):
@@ -228,10 +157,3 @@ class ScriptedTTSServer:
                 else:
                     self._disconnects += 1
 
-    async def _sleep(self, seconds: float, request: Request | None = None) -> None:
-        """Sleep, but wake early when the server stops or (if given) the client goes away."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0 and not self._stopping.is_set():
-            if request is not None and await request.is_disconnected():
-                return
-            await asyncio.sleep(min(0.05, left))
