@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from parley.engines.errors import EngineError
+from parley.engines.hub import hub_offline
 from parley.engines.llm import ChatRequest, Finished, LLMEvent, TextDelta, ToolCallDelta, Usage
 
 logger = logging.getLogger(__name__)
@@ -481,17 +482,6 @@ def _engine_error(exc: BaseException) -> EngineError:
     return EngineError(f"llama.cpp generation failed: {message}", code="engine_error")
 
 
-def _offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-    except Exception:  # pragma: no cover
-        return False
-
-
 def _hub_download(repo_id: str, pattern: str | None, *, cache_dir: Any = None) -> Path:
     """Find the GGUF `pattern` names in `repo_id` and download it (and its other shards) into
     huggingface-hub's cache, or find it there when offline / the hub is unreachable."""
@@ -505,7 +495,7 @@ def _hub_download(repo_id: str, pattern: str | None, *, cache_dir: Any = None) -
             code="dependency_missing",
         ) from exc
     where = f"{repo_id}:{pattern}" if pattern else repo_id
-    offline = _offline()
+    offline = hub_offline()
     glob = _as_glob(pattern)
 
     def fail(why: str, exc: BaseException | None = None, *, retryable: bool = False) -> EngineError:

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from parley.engines.errors import EngineError
+from parley.engines.hub import hub_offline
 from parley.engines.tts import VoiceMap
 from parley.engines.tts_espeak import split_text
 
@@ -279,17 +280,6 @@ def _local_file(spec: str, setting: str, what: str, alternative: str) -> Path:
     return path
 
 
-def _offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-    except Exception:  # pragma: no cover
-        return False
-
-
 def _hub_download(repo: str, name: str, setting: str, cache_dir: Any) -> Path:
     """Download `name` from `repo` (or find it in huggingface-hub's cache)."""
     try:
@@ -298,7 +288,7 @@ def _hub_download(repo: str, name: str, setting: str, cache_dir: Any) -> Path:
         raise EngineError(f"{setting}={repo}:{name} looks like a model-hub id, and downloading needs "
                           "huggingface-hub (pip install huggingface-hub); or set it to a local file",
                           code="dependency_missing") from exc  # fmt: skip
-    offline = _offline()
+    offline = hub_offline()
     try:
         return Path(hf_hub_download(repo, name, cache_dir=cache_dir, local_files_only=offline))
     except Exception as exc:
