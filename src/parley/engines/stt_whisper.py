@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from parley.engines.errors import EngineError
-from parley.engines.hub import hub_offline
 from parley.engines.stt import Transcript, TranscriptDelta
 
 log = logging.getLogger(__name__)
@@ -139,7 +138,7 @@ class FasterWhisperSTT:
         if "/" not in self.model and self.model not in available_models():
             raise EngineError(f"{SETTING}={self.model!r} is not a directory, a hub id or a Whisper size "
                               f"({', '.join(available_models())})", code="model_not_found")  # fmt: skip
-        offline_env = hub_offline()
+        offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         cache_only = self.local_files_only or offline_env
         log.info("fetching the STT model from the model hub (once; it is cached)",
                  extra={"model": self.model, "cache_only": cache_only})  # fmt: skip
