@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 from typing import TYPE_CHECKING, Any
 
+from ..audio.formats import AudioFormat
 from ..protocol import client_events as ce
 from ..protocol.errors import ProtocolError
 from .io import DetectSpeech, Output, Transcribe, TranscriptDelta, TranscriptDone, TranscriptFailed, TurnTranscript, VadResult
@@ -25,11 +27,20 @@ if TYPE_CHECKING:
 
 MIN_COMMIT_MS = 100
 VAD_LAG_MS = 250  # audio kept beyond the prefix padding while idle, for the VAD's own delay
-_BYTES_PER_MS = {"audio/pcm": 48.0, "audio/pcmu": 8.0, "audio/pcma": 8.0}
+
+
+@functools.lru_cache(maxsize=8)
+def _wire(kind: str, rate: int | None) -> AudioFormat:
+    return AudioFormat.from_session({"type": kind} if rate is None else {"type": kind, "rate": rate})
+
+
+def wire_format(fmt: dict[str, Any]) -> AudioFormat:
+    """The session's format dict as an `AudioFormat` (cached: this is on the append path)."""
+    return _wire(fmt.get("type", "audio/pcm"), fmt.get("rate"))
 
 
 def bytes_per_ms(fmt: dict[str, Any]) -> float:
-    return _BYTES_PER_MS.get(fmt.get("type", "audio/pcm"), 48.0)
+    return wire_format(fmt).bytes_per_ms
 
 
 class InputAudioMixin:
@@ -82,24 +93,15 @@ class InputAudioMixin:
 
     def _drop_before(self: Session, ms: float) -> None:
         """Forget buffered audio before `ms` on the audio clock."""
-        if ms <= self.buffer_start_ms:
-            return
-        bpm = bytes_per_ms(self.input_format)
-        cut = int((ms - self.buffer_start_ms) * bpm)
-        cut -= cut % (2 if self.input_format.get("type") == "audio/pcm" else 1)
-        cut = min(cut, len(self.buffer))
-        del self.buffer[:cut]
-        self.buffer_start_ms += cut / bpm
+        self._take_until(ms)
 
     def _take_until(self: Session, ms: float) -> bytes:
-        """Remove and return the buffered audio up to `ms` on the audio clock."""
-        bpm = bytes_per_ms(self.input_format)
-        cut = int(max(0.0, ms - self.buffer_start_ms) * bpm)
-        cut -= cut % (2 if self.input_format.get("type") == "audio/pcm" else 1)
-        cut = min(cut, len(self.buffer))
+        """Remove and return the buffered audio up to `ms` on the audio clock (whole samples)."""
+        wire = wire_format(self.input_format)
+        cut = min(wire.bytes_for_ms(max(0.0, ms - self.buffer_start_ms)), len(self.buffer))
         audio = bytes(self.buffer[:cut])
         del self.buffer[:cut]
-        self.buffer_start_ms += cut / bpm
+        self.buffer_start_ms += cut / wire.bytes_per_ms
         return audio
 
     def _on_append(self: Session, ev: ce.InputAudioBufferAppend) -> list[Output]:

@@ -30,7 +30,7 @@ from ..protocol.session_config import (
 )
 from . import context
 from .conversation import Conversation
-from .input_audio import InputAudioMixin, bytes_per_ms
+from .input_audio import InputAudioMixin, bytes_per_ms, wire_format
 from .io import (
     Close,
     Expired,
@@ -322,9 +322,7 @@ class Session(InputAudioMixin):
         part = item["content"][content_index]
         transcript = part.get("transcript") or ""
         fmt = stored.fmt or self.config["audio"]["output"]["format"]
-        keep_bytes = int(end_ms * bytes_per_ms(fmt))
-        keep_bytes -= keep_bytes % 2 if fmt["type"] == "audio/pcm" else 0
-        del stored.data[keep_bytes:]
+        del stored.data[wire_format(fmt).bytes_for_ms(end_ms):]
         chars, start_ms, start_chars = 0, 0.0, 0
         for mark_ms, mark_chars in stored.marks:
             if mark_ms <= end_ms:
