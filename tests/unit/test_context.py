@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.core.context import (
-    arguments_json,
     chat_tool_choice,
     chat_tools,
     estimate_tokens,
@@ -248,10 +247,3 @@ def test_chat_tool_choice(choice: Any, expected: Any) -> None:
     tools = chat_tools([{"type": "function", "name": "weather"}])
     assert chat_tool_choice(choice, tools) == expected
     assert chat_tool_choice(choice, []) is None  # no tools, no choice
-
-
-def test_arguments_json() -> None:
-    assert arguments_json('{ "a" : 1 }') == '{"a": 1}'
-    assert arguments_json("") == "{}"
-    assert arguments_json("   ") == "{}"
-    assert arguments_json('{"a": ') == '{"a": '  # not JSON: passed through

@@ -7,7 +7,6 @@ transcript yet is left out.  Assistant audio is represented by its transcript, w
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 # The hosted API's conventions for audio tokens (realtime-costs): 10/s in, 20/s out.
@@ -168,11 +167,3 @@ def chat_tool_choice(choice: Any, tools: list[dict[str, Any]]) -> str | dict[str
     if isinstance(choice, dict) and choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice["name"]}}
     return "auto"
-
-
-def arguments_json(arguments: str) -> str:
-    """Normalise streamed tool arguments to valid JSON text where possible."""
-    try:
-        return json.dumps(json.loads(arguments)) if arguments.strip() else "{}"
-    except ValueError:
-        return arguments

@@ -189,8 +189,6 @@ _BETA_MODELS: dict[str, type[Strict]] = {
     "response.create": BetaResponseCreate,
 }
 
-GA_EVENT_TYPES = sorted(_GA_MODELS)
-BETA_EVENT_TYPES = sorted(_BETA_MODELS)
 
 
 def parse_client_event(message: str | bytes, dialect: str = "ga") -> ClientEvent | ProtocolError:

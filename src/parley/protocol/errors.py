@@ -41,18 +41,6 @@ def invalid_value(param: str, value: Any, supported: list[str] | None = None) ->
     return ProtocolError(message, "invalid_value", param)
 
 
-def unknown_parameter(param: str) -> ProtocolError:
-    return ProtocolError(f"Unknown parameter: '{param}'.", "unknown_parameter", param)
-
-
-def missing_parameter(param: str) -> ProtocolError:
-    return ProtocolError(f"Missing required parameter: '{param}'.", "missing_required_parameter", param)
-
-
-def server_error(message: str, code: str | None = None) -> ProtocolError:
-    return ProtocolError(message, code, None, None, "server_error")
-
-
 def _short(value: Any, limit: int = 80) -> Any:
     if isinstance(value, str) and len(value) > limit:
         return value[:limit] + "..."
