@@ -224,6 +224,18 @@ def save(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
+def save_plot(name: str, draw: Any) -> str:
+    """Draw into bench/results/<name>.png with `draw(path)`; the path to cite, or the error
+    (the numbers matter more than the picture)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    png = RESULTS / f"{name}.png"
+    try:
+        draw(str(png))
+    except Exception as exc:  # noqa: BLE001
+        return repr(exc)
+    return f"bench/results/{png.name}"
+
+
 def pyplot() -> Any:
     import matplotlib
 

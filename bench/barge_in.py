@@ -36,7 +36,7 @@ import random
 import time
 
 
-from _common import RESULTS, Background, EngineServer, ParleyProc, cpu_plan, machine, pct, pin_self, pyplot, save
+from _common import save_plot, Background, EngineServer, ParleyProc, cpu_plan, machine, pct, pin_self, pyplot, save
 from _load import CHUNK_MS, BargeIn, Clip, RunResult, VadClock, counts, run_callers, voice_session
 from latency import parley_env, warm_up
 
@@ -160,12 +160,7 @@ def main() -> None:
     finally:
         engines.stop()
     name = "barge_in-quick" if args.quick else "barge_in"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    try:
-        plot(runs, str(RESULTS / f"{name}.png"))
-        plot_ref = f"bench/results/{name}.png"
-    except Exception as exc:  # noqa: BLE001
-        plot_ref = repr(exc)
+    plot_ref = save_plot(name, lambda path: plot(runs, path))
     verdict = {}
     for r in runs:
         b, s = r["beyond_vad_ms"], r["server_ms"]

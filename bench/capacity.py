@@ -28,7 +28,7 @@ import random
 import sys
 import time
 
-from _common import (RESULTS, Background, EngineServer, ParleyProc, ProcUsage, Sampler, cpu_plan, machine, pct,
+from _common import (save_plot, Background, EngineServer, ParleyProc, ProcUsage, Sampler, cpu_plan, machine, pct,
                      pin_self, pyplot, save)
 from _load import Clip, Conversation, VadClock, counts, run_callers, turn_metrics, voice_session
 from latency import ENGINES_MS, SILENCE_MS, parley_env, warm_up
@@ -214,13 +214,7 @@ def main() -> None:
     linear = [(s["sessions"], s["server_cpu_percent"]) for s in results
               if s["server_cpu_percent"] is not None and s["server_cpu_percent"] < 90]
     name = "capacity-quick" if args.quick else "capacity"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    png = RESULTS / f"{name}.png"
-    try:
-        plot(results, str(png), args.loop_lag_ms, args.vad_lag_ms)
-        plot_ref: str = f"bench/results/{png.name}"
-    except Exception as exc:  # noqa: BLE001
-        plot_ref = repr(exc)
+    plot_ref = save_plot(name, lambda path: plot(results, path, args.loop_lag_ms, args.vad_lag_ms))
     save(name, {
         "benchmark": "capacity", "quick": args.quick, "machine": machine(),
         "setup": {"step_seconds": seconds, "vad_lag_limit_ms": args.vad_lag_ms, "loop_lag_limit_ms": args.loop_lag_ms,

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from _common import (RESULTS, Background, EngineServer, ParleyProc, cpu_plan, histogram_delta, machine, pct,
+from _common import (save_plot, Background, EngineServer, ParleyProc, cpu_plan, histogram_delta, machine, pct,
                      pin_self, pyplot, save)
 from _load import CHUNK_MS, Clip, Conversation, counts, run_callers, voice_session
 from latency import warm_up
@@ -189,12 +189,7 @@ def main() -> None:
     finally:
         engines.stop()
     name = "end_to_end-quick" if args.quick else "end_to_end"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    try:
-        plot(runs, str(RESULTS / f"{name}.png"))
-        plot_ref = f"bench/results/{name}.png"
-    except Exception as exc:  # noqa: BLE001
-        plot_ref = repr(exc)
+    plot_ref = save_plot(name, lambda path: plot(runs, path))
     save(name, {"benchmark": "end_to_end", "quick": args.quick, "machine": machine(),
                 "setup": {"stt": "pocketsphinx (embedded)", "tts": "espeak-ng (embedded)", "vad": "silero",
                           "llm": f"fixed-latency remote, first token {LLM_MS} ms", "silence_duration_ms": 500,

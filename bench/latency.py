@@ -32,7 +32,7 @@ import asyncio
 import random
 import time
 
-from _common import Background, EngineServer, ParleyProc, cpu_plan, histogram_delta, machine, pct, pin_self, pyplot, save
+from _common import save_plot, Background, EngineServer, ParleyProc, cpu_plan, histogram_delta, machine, pct, pin_self, pyplot, save
 from _load import Clip, Conversation, VadClock, counts, run_callers, turn_metrics, voice_session
 
 STT_MS, LLM_MS, TTS_MS = 50, 100, 50
@@ -231,15 +231,7 @@ def main() -> None:
     finally:
         engines.stop()
     name = "latency-quick" if args.quick else "latency"
-    png = f"{name}.png"
-    from _common import RESULTS
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    plot_error = None
-    try:
-        plot(runs, str(RESULTS / png))
-    except Exception as exc:  # noqa: BLE001 - the numbers matter more than the picture
-        plot_error = repr(exc)
+    plot_ref = save_plot(name, lambda path: plot(runs, path))
     by_n = {r["sessions"]: r for r in runs}
     at100 = by_n.get(100)
     result = {
@@ -256,7 +248,7 @@ def main() -> None:
                              "met": (at100["server_added_ms"]["p50"] or 1e9) <= 5 and (at100["server_added_ms"]["p99"] or 1e9) <= 20},
             "added": {"p50": at100["added_ms"]["p50"], "p99": at100["added_ms"]["p99"],
                       "met": (at100["added_ms"]["p50"] or 1e9) <= 5 and (at100["added_ms"]["p99"] or 1e9) <= 20}},
-        "plot": f"bench/results/{png}" if plot_error is None else plot_error, "elapsed_s": round(time.monotonic() - began, 1),
+        "plot": plot_ref, "elapsed_s": round(time.monotonic() - began, 1),
     }
     save(name, result)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import RESULTS, machine, pyplot, save
+from _common import save_plot, machine, pyplot, save
 
 RATE = 24000
 CHUNK = RATE // 50  # 20 ms
@@ -171,12 +171,7 @@ def main() -> None:
                + us["Silero VAD, one 32 ms window (512 samples)"] * 20 / 32)
     per_core = 20_000 / inbound
     name = "micro-quick" if args.quick else "micro"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    try:
-        plot(results, str(RESULTS / f"{name}.png"))
-        plot_ref = f"bench/results/{name}.png"
-    except Exception as exc:  # noqa: BLE001
-        plot_ref = repr(exc)
+    plot_ref = save_plot(name, lambda path: plot(results, path))
     save(name, {
         "benchmark": "micro", "quick": args.quick, "machine": machine(), "seconds_per_case": seconds,
         "results": results,
