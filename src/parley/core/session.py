@@ -15,6 +15,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pydantic import BaseModel
+
 from ..engines.llm import ChatRequest
 from ..protocol import client_events as ce
 from ..protocol import item_models as im
@@ -370,20 +372,19 @@ class Session(InputAudioMixin):
                 "Wait until the response is finished before creating a new one.",
                 "conversation_already_has_active_response")
         cfg = self.config
-        dump = lambda v: context_dump(v)  # noqa: E731
         modality = (p.output_modalities or cfg["output_modalities"])[0]
         instructions = p.instructions if p.instructions is not None else cfg["instructions"]
-        tools = dump(p.tools) if p.tools is not None else cfg["tools"]
-        tool_choice = dump(p.tool_choice) if p.tool_choice is not None else cfg["tool_choice"]
+        tools = plain(p.tools) if p.tools is not None else cfg["tools"]
+        tool_choice = plain(p.tool_choice) if p.tool_choice is not None else cfg["tool_choice"]
         max_out = p.max_output_tokens if p.max_output_tokens is not None else cfg["max_output_tokens"]
         out_cfg = cfg["audio"]["output"]
         voice = out_cfg["voice"]
         fmt = out_cfg["format"]
         if p.audio is not None and p.audio.output is not None:
             if p.audio.output.voice is not None:
-                voice = dump(p.audio.output.voice)
+                voice = plain(p.audio.output.voice)
             if p.audio.output.format is not None:
-                fmt = dump(p.audio.output.format)
+                fmt = plain(p.audio.output.format)
         items = self._resolve_input(p.input) if p.input is not None else self.conversation.items()
         temperature = getattr(p, "temperature", None)
         if temperature is None and self.dialect == "beta":
@@ -533,12 +534,10 @@ class Session(InputAudioMixin):
         return out + [Close(1000, "session_expired")]
 
 
-def context_dump(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A validated model (or list of them) as the plain data the session stores."""
-    from pydantic import BaseModel
-
     if isinstance(value, BaseModel):
         return value.model_dump(exclude_none=True)
     if isinstance(value, list):
-        return [context_dump(v) for v in value]
+        return [plain(v) for v in value]
     return value
