@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..engines.registry import build_engines
 from ..runtime.limits import TokenLimiter
 from .auth import Keys
+from .playground import router as playground_router
 from .realtime_ws import realtime_websocket
 from .rest import router
 from .settings import Settings
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     app.include_router(router)
+    if settings.playground:
+        app.include_router(playground_router)
     app.add_api_websocket_route("/v1/realtime", realtime_websocket)
     app.add_api_websocket_route("/realtime", realtime_websocket)
     return app

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     outbox_max_bytes: int = 4 * 1024 * 1024  # unsent events per session before it waits
     slow_client_timeout_s: float = 10.0  # a client that reads nothing this long is closed (1013)
 
+    # WebRTC calls (POST /v1/realtime/calls); see README "WebRTC and browsers"
+    playground: bool = True  # serve the playground page at /playground
+    ice_servers: CommaList = Field(default_factory=list)  # "stun:host:3478", "turn:user:pass@host:3478"
+    ice_port_min: int | None = None  # UDP port range for media (open it in the firewall)
+    ice_port_max: int | None = None
+    ice_public_ip: str | None = None  # address to advertise when behind 1:1 NAT
+    call_connect_timeout_s: float = 20.0  # a call whose media never connects is dropped
+
     shutdown_grace_s: float = 30.0  # on SIGTERM, live sessions get this long before a 1001 close
 
     # logging
@@ -83,7 +91,7 @@ class Settings(BaseSettings):
     log_json: bool = True
     debug_log_content: bool = False
 
-    @field_validator("api_keys", "models", "cors_origins", mode="before")
+    @field_validator("api_keys", "models", "cors_origins", "ice_servers", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -1,0 +1,7 @@
+"""The playground page: talk to this server from a browser (WebRTC, microphone)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
