@@ -111,6 +111,10 @@ class InputAudioMixin:
             raise ProtocolError("Invalid 'audio'. Expected base64-encoded audio bytes.", "invalid_value", "audio") from None
         if self.input_format.get("type") == "audio/pcm" and len(audio) % 2:
             raise ProtocolError("Invalid 'audio': PCM16 audio must have an even number of bytes.", "invalid_value", "audio")
+        return self.append_audio(audio)
+
+    def append_audio(self: Session, audio: bytes) -> list[Output]:
+        """Audio in the session's input format joins the buffer (and the VAD hears it)."""
         self.buffer += audio
         self.audio_clock_ms += len(audio) / bytes_per_ms(self.input_format)
         if self.turns is not None and audio:
@@ -185,8 +189,10 @@ class InputAudioMixin:
         out = self._send({"type": "input_audio_buffer.speech_started", "audio_start_ms": int(start),
                           "item_id": self._turn_item})
         cfg = self.turn_config or {}
-        if cfg.get("interrupt_response", True) and self.default_response is not None:
-            out += self.cancel_response(self.default_response, "turn_detected")
+        if cfg.get("interrupt_response", True):
+            if self.default_response is not None:
+                out += self.cancel_response(self.default_response, "turn_detected")
+            out += self.interrupt_playout()
         return out
 
     def _end_turn_events(self: Session, end_ms: float) -> list[Output]:

@@ -87,7 +87,14 @@ class Transcribe:
     turn: int | None = None
 
 
-Output = Send | StartResponse | StopResponse | SessionChanged | UsageReport | Close | DetectSpeech | Transcribe
+@dataclass(frozen=True)
+class ClearPlayout:
+    """Media sessions (WebRTC): stop playing response audio now and drop what is queued; answer
+    with `PlayoutCleared`."""
+
+
+Output = (Send | StartResponse | StopResponse | SessionChanged | UsageReport | Close | DetectSpeech | Transcribe
+          | ClearPlayout)
 
 # ---- inputs from the runtime -----------------------------------------------------------------
 
@@ -170,4 +177,37 @@ class TurnTranscript:
     text: str
 
 
-RuntimeInput = VadResult | TranscriptDelta | TranscriptDone | TranscriptFailed | TurnTranscript | ModelText | ModelToolCall | ModelAudio | ModelDone | ModelFailed | Expired
+@dataclass(frozen=True)
+class MediaAudio:
+    """Microphone audio from a media track (WebRTC), already in the session's input format."""
+
+    audio: bytes
+
+
+@dataclass(frozen=True)
+class PlayoutStarted:
+    """The first audio of a response began playing on the media track."""
+
+    response_id: str
+
+
+@dataclass(frozen=True)
+class PlayoutStopped:
+    """A finished response's audio has all been played."""
+
+    response_id: str
+
+
+@dataclass(frozen=True)
+class PlayoutCleared:
+    """Playout stopped early (`ClearPlayout`).  `response_id` is None when nothing was playing;
+    otherwise `played_ms` of the item's content part had been played when it stopped."""
+
+    response_id: str | None = None
+    item_id: str | None = None
+    content_index: int = 0
+    played_ms: float = 0.0
+
+
+RuntimeInput = (VadResult | TranscriptDelta | TranscriptDone | TranscriptFailed | TurnTranscript | ModelText | ModelToolCall | ModelAudio | ModelDone | ModelFailed | Expired
+                | MediaAudio | PlayoutStarted | PlayoutStopped | PlayoutCleared)

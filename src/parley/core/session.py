@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -54,6 +55,7 @@ from .io import (
     UsageReport,
     VadResult,
 )
+from .playout import PlayoutMixin
 from .response import ResponseRun
 
 @dataclass
@@ -71,6 +73,7 @@ class SessionSetup:
     instructions: str | None = None
     temperature: float = 0.8
     max_minutes: float = 60  # for the `session_expired` message; the runtime schedules `Expired`
+    media: bool = False  # audio travels on media tracks (WebRTC): the server tracks playout
 
 
 @dataclass
@@ -87,7 +90,7 @@ class _PendingStart:
     waiting: set[str] = field(default_factory=set)
 
 
-class Session(InputAudioMixin):
+class Session(InputAudioMixin, PlayoutMixin):
     def __init__(self, setup: SessionSetup, ids: IdFactory | None = None) -> None:
         self.setup = setup
         self.ids = ids or IdFactory()
@@ -122,7 +125,6 @@ class Session(InputAudioMixin):
             ce.InputAudioBufferAppend: self._on_append,
             ce.InputAudioBufferCommit: self._on_commit,
             ce.InputAudioBufferClear: self._on_clear,
-            ce.OutputAudioBufferClear: self._on_output_clear,
             ce.ConversationItemCreate: self._on_item_create,
             ce.ConversationItemRetrieve: self._on_item_retrieve,
             ce.ConversationItemDelete: self._on_item_delete,
@@ -140,6 +142,7 @@ class Session(InputAudioMixin):
             TranscriptDone: self._on_transcript_done,
             TranscriptFailed: self._on_transcript_failed,
             TurnTranscript: self._on_turn_transcript,
+            **self._playout_handlers(),
         }
 
     # ---- plumbing ----------------------------------------------------------------------------
@@ -180,7 +183,11 @@ class Session(InputAudioMixin):
     def _error(self, err: ProtocolError) -> list[Output]:
         return [Send({"event_id": self.ids.event(), "type": "error", "error": err.to_error_object()})]
 
-    def _session_event(self, kind: str) -> Output:
+    def describe(self, kind: str = "session.updated") -> str:
+        """The session as a `session.created`/`.updated` event, serialised (for a sideband that attaches)."""
+        return json.dumps(self._session_event(kind).event, separators=(",", ":"), ensure_ascii=False)
+
+    def _session_event(self, kind: str) -> Send:
         if self.dialect == "beta":
             if self.kind == "transcription":
                 kind = "transcription_session." + kind.split(".")[1]
@@ -221,10 +228,6 @@ class Session(InputAudioMixin):
         if turns_changed:
             self._configure_turns()
         return [self._session_event("session.updated"), SessionChanged(copy.deepcopy(new))]
-
-    def _on_output_clear(self, ev: ce.OutputAudioBufferClear) -> list[Output]:
-        raise ProtocolError("output_audio_buffer.clear is only supported for WebRTC and SIP sessions.",
-                            "invalid_value", "type")
 
     # ---- conversation items ------------------------------------------------------------------
 

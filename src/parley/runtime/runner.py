@@ -10,6 +10,7 @@ and awaited: nothing outlives its session.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..core.io import (
+    ClearPlayout,
     Close,
     DetectSpeech,
     Expired,
+    MediaAudio,
     ModelFailed,
     Output,
     Send,
@@ -41,12 +44,14 @@ from ..protocol.errors import ProtocolError
 from .limits import TokenLimiter
 from . import metrics
 from .listening import VadRunner, run_transcription
+from .media import Media, pump_microphone
 from .queues import Inbox, Outbox, SlowClient
 from .pipeline import run_response
 
 log = logging.getLogger("parley.session")
 
 _CLOSED = object()
+_AUDIO_DELTAS = ("response.output_audio.delta", "response.audio.delta")
 
 
 class Transport(Protocol):
@@ -88,6 +93,7 @@ class SessionRunner:
         limits: RunnerLimits | None = None,
         clock: Callable[[], float] = time.time,
         transport_name: str = "websocket",
+        media: Media | None = None,
     ) -> None:
         self.session = session
         self.transport = transport
@@ -105,6 +111,7 @@ class SessionRunner:
         self._close: Close | None = None
         self._abandon_outbox = False
         self.transport_name = transport_name
+        self.media = media  # WebRTC: audio goes to a media track, not into events
         self._speech_end: float | None = None  # wall time of the last speech_stopped
         self._barge_in: float | None = None  # wall time of a speech_started that interrupts
 
@@ -124,6 +131,8 @@ class SessionRunner:
         writer = asyncio.create_task(self._write(), name=f"{self.session.id}-writer")
         reader = asyncio.create_task(self._read(), name=f"{self.session.id}-reader")
         self._tasks = [writer, reader]
+        if self.media is not None:
+            self._tasks.append(asyncio.create_task(self._listen(self.media), name=f"{self.session.id}-microphone"))
         metrics.SESSIONS_LIVE.inc()
         metrics.SESSIONS_TOTAL.labels(self.transport_name).inc()
         log.info("session started", extra={"session_id": self.session.id, "key_id": self.key_id,
@@ -155,9 +164,10 @@ class SessionRunner:
                 expiry.cancel()
             for task in [*self._responses.values(), *self._jobs]:
                 task.cancel()
-            reader.cancel()
+            for task in self._tasks[1:]:
+                task.cancel()
             await self._drain_outbox(writer)
-            for task in [*self._responses.values(), *self._jobs, reader, writer]:
+            for task in [*self._responses.values(), *self._jobs, *self._tasks]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._responses.clear()
@@ -198,6 +208,16 @@ class SessionRunner:
         finally:
             self.inbox.put_control(_CLOSED)
 
+    async def _listen(self, media: Media) -> None:
+        """Microphone audio from the media track joins the input buffer, as appends would."""
+        async def deliver(audio: bytes) -> None:
+            await self.inbox.put(MediaAudio(audio))
+
+        try:
+            await pump_microphone(media.source, lambda: self.session.input_format, deliver)
+        except Exception:
+            log.debug("microphone stopped", exc_info=True, extra={"session_id": self.session.id})
+
     async def _write(self) -> None:
         try:
             while True:
@@ -213,7 +233,21 @@ class SessionRunner:
 
     async def _send_event(self, event: dict[str, Any]) -> None:
         self._observe(event)
+        if self.media is not None and self._to_media(event):
+            return
         await self.outbox.put(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+
+    def _to_media(self, event: dict[str, Any]) -> bool:
+        """Media sessions: response audio is played on the track instead of being sent."""
+        assert self.media is not None
+        kind = event["type"]
+        if kind in _AUDIO_DELTAS:
+            self.media.playout.push(event["response_id"], event["item_id"], event["content_index"],
+                                    base64.b64decode(event["delta"]), self.session.config["audio"]["output"]["format"])
+            return True
+        if kind == "response.done":
+            self.media.playout.finish(event["response"]["id"])
+        return False
 
     def _observe(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -276,5 +310,8 @@ class SessionRunner:
                 if out.item_id is not None:
                     began = time.monotonic()
                     job.add_done_callback(lambda _t, b=began: metrics.STT_LATENCY.observe(time.monotonic() - b))
+            elif isinstance(out, ClearPlayout):
+                if self.media is not None:
+                    await self._execute(self.session.handle(self.media.playout.clear()))
             elif isinstance(out, SessionChanged):
                 pass  # the core reconfigures turn detection itself; engines are chosen per job

@@ -12,7 +12,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..engines.registry import build_engines
 from ..runtime.limits import TokenLimiter
+from ..transports.ice_ports import limit_ice_ports
 from .auth import Keys
+from .calls import router as calls_router
 from .playground import router as playground_router
 from .realtime_ws import realtime_websocket
 from .rest import router
@@ -75,8 +77,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            for call in list(state.calls.values()):
+                await call.peer.close()
             await state.engines.aclose()
 
+    if settings.ice_port_min is not None or settings.ice_port_max is not None:
+        limit_ice_ports(settings.ice_port_min or 1024, settings.ice_port_max or 65535)
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.parley = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -89,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     app.include_router(router)
+    app.include_router(calls_router)
     if settings.playground:
         app.include_router(playground_router)
     app.add_api_websocket_route("/v1/realtime", realtime_websocket)

@@ -6,10 +6,10 @@ import logging
 
 from starlette.websockets import WebSocket
 
-from ..core.session import Session, SessionSetup
 from ..protocol.errors import ProtocolError
-from ..runtime.runner import Engines, RunnerLimits, SessionRunner
 from ..transports.websocket import WebSocketTransport, accept, presented_key, refuse, wants_beta
+from .sideband import attach_sideband
+from .sessions import model_refusal, new_runner, new_session, registered, session_limit_refusal
 from .state import AppState
 
 log = logging.getLogger("parley.ws")
@@ -37,14 +37,12 @@ async def realtime_websocket(ws: WebSocket) -> None:
                                 "PARLEY_API_KEYS setting, or mint an ephemeral key.", "invalid_api_key")
         await refuse(ws, err, AUTH_CLOSE)
         return
-    limit = state.settings.max_sessions_per_key
-    if limit and state.sessions_by_key.get(principal.key_id, 0) >= limit:
-        await refuse(ws, ProtocolError(f"This key already has {limit} concurrent sessions, the most allowed "
-                                       "(PARLEY_MAX_SESSIONS_PER_KEY).", "session_limit_exceeded"), RETRY_CLOSE)
-        return
     query = ws.query_params
     if query.get("call_id"):
-        await refuse(ws, ProtocolError(f"Call '{query['call_id'][:64]}' not found.", "call_not_found", "call_id"), REQUEST_CLOSE)
+        await attach_sideband(ws, state, principal, query["call_id"])
+        return
+    if (refusal := session_limit_refusal(state, principal)) is not None:
+        await refuse(ws, refusal, RETRY_CLOSE)
         return
     intent = query.get("intent")
     if intent not in (None, "", "realtime", "transcription"):
@@ -53,35 +51,11 @@ async def realtime_websocket(ws: WebSocket) -> None:
         return
     kind = intent or principal.kind
     bound = principal.bound if principal.bound is not None and principal.bound.type == kind else None
-    settings = state.settings
-    model = query.get("model") or getattr(bound, "model", None) or settings.default_model
-    if kind == "realtime" and not state.accepts_model(model):
-        await refuse(ws, ProtocolError(f'Model "{model[:80]}" is not supported in realtime mode. Supported models: '
-                                       + ", ".join(settings.models[:8]) + ("..." if len(settings.models) > 8 else ""),
-                                       "invalid_model", "model"), REQUEST_CLOSE)
+    model = query.get("model") or getattr(bound, "model", None) or state.settings.default_model
+    if kind == "realtime" and (refusal := model_refusal(state, model)) is not None:
+        await refuse(ws, refusal, REQUEST_CLOSE)
         return
-    setup = SessionSetup(
-        kind=kind, dialect="beta" if wants_beta(ws) else "ga", model=model,
-        expires_at=int(now + settings.session_max_minutes * 60), bound=bound,
-        accept_model=state.accepts_model, context_tokens=settings.llm_context_tokens,
-        voice=settings.voice, instructions=settings.instructions, max_minutes=settings.session_max_minutes,
-    )
-    assert state.engines is not None
-    runner = SessionRunner(
-        Session(setup), WebSocketTransport(ws), Engines(state.engines.llm, lambda: state.engines.speech.tts,
-                                                     state.engines.speech.vad, state.engines.speech.stt_for),
-        key_id=principal.key_id, limiter=state.limiter,
-        limits=RunnerLimits(max_event_bytes=settings.max_event_bytes, outbox_bytes=settings.outbox_max_bytes,
-                            slow_client_timeout_s=settings.slow_client_timeout_s), clock=state.clock,
-    )
-    state.live_sessions += 1
-    state.runners.add(runner)
-    state.sessions_by_key[principal.key_id] = state.sessions_by_key.get(principal.key_id, 0) + 1
-    try:
+    session = new_session(state, kind=kind, dialect="beta" if wants_beta(ws) else "ga", model=model, bound=bound)
+    runner = new_runner(state, session, WebSocketTransport(ws), principal)
+    with registered(state, runner, principal):
         await runner.run()
-    finally:
-        state.live_sessions -= 1
-        state.runners.discard(runner)
-        state.sessions_by_key[principal.key_id] -= 1
-        if not state.sessions_by_key[principal.key_id]:
-            del state.sessions_by_key[principal.key_id]

@@ -24,6 +24,7 @@ class AppState:
     draining: bool = False  # shutting down: no new sessions
     runners: set[Any] = field(default_factory=set)
     sessions_by_key: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, Any] = field(default_factory=dict)  # call id -> live WebRTC call (server/calls.py)
 
     def accepts_model(self, model: str) -> bool:
         return model in self.settings.models

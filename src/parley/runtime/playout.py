@@ -1,0 +1,142 @@
+"""Response audio waiting to be played on a media track, and what has been played.
+
+Responses are generated faster than they are spoken, so their audio queues here and leaves in
+20 ms frames of 48 kHz mono PCM16, one per tick of the media track's clock (see
+`transports/webrtc.py`).  Because every frame that leaves is one the caller hears, this is
+where the server knows the played position of each assistant item: a barge-in truncates the
+item there.  No asyncio and no clock here: the track calls `next_frame()` at its own pace.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..audio.formats import AudioFormat
+from ..audio.resample import StreamResampler
+from ..core.io import PlayoutCleared, PlayoutStarted, PlayoutStopped
+
+RATE = 48_000
+FRAME_MS = 20
+FRAME_SAMPLES = RATE * FRAME_MS // 1000
+
+PlayoutEvent = PlayoutStarted | PlayoutStopped
+
+
+@dataclass
+class _Segment:
+    response_id: str
+    item_id: str
+    content_index: int
+    pcm: np.ndarray  # int16 at RATE
+    start_ms: float  # where it begins in the item's audio
+    duration_ms: float  # its length in the item's audio
+    pos: int = 0  # samples already played
+
+    def played_ms(self) -> float:
+        return self.start_ms + self.duration_ms * self.pos / max(len(self.pcm), 1)
+
+
+class Playout:
+    """A FIFO of response audio, drained one frame at a time.
+
+    `on_event` receives `PlayoutStarted` when a response's first sample is played and
+    `PlayoutStopped` when a finished response's last sample is.
+    """
+
+    def __init__(self, on_event: Callable[[PlayoutEvent], None]) -> None:
+        self._on_event = on_event
+        self._queue: deque[_Segment] = deque()
+        self._item_ms: dict[tuple[str, int], float] = {}  # audio pushed per content part
+        self._resamplers: dict[tuple[str, int], tuple[StreamResampler, AudioFormat]] = {}
+        self._parts: dict[str, set[tuple[str, int]]] = {}  # response -> its content parts
+        self._started: dict[str, tuple[str, int]] = {}  # response -> part, while it plays
+        self._finished: set[str] = set()
+        self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16).tobytes()
+
+    @property
+    def queued_ms(self) -> float:
+        return sum((len(s.pcm) - s.pos) for s in self._queue) * 1000 / RATE
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue) or bool(self._started)
+
+    def push(self, response_id: str, item_id: str, content_index: int, audio: bytes, fmt: dict[str, Any]) -> None:
+        """Queue a response's audio (bytes in the session's output format `fmt`)."""
+        key = (item_id, content_index)
+        wire = AudioFormat.from_session(fmt)
+        entry = self._resamplers.get(key)
+        if entry is None or entry[1] != wire:
+            entry = (StreamResampler(wire.rate, RATE), wire)
+            self._resamplers[key] = entry
+        self._parts.setdefault(response_id, set()).add(key)
+        pcm = entry[0].push(wire.decode(audio))
+        duration = wire.duration_ms(len(audio))
+        self._queue_pcm(response_id, key, pcm, duration)
+
+    def _queue_pcm(self, response_id: str, key: tuple[str, int], pcm: np.ndarray, duration_ms: float) -> None:
+        start = self._item_ms.get(key, 0.0)
+        self._item_ms[key] = start + duration_ms
+        if len(pcm) or duration_ms:
+            self._queue.append(_Segment(response_id, key[0], key[1], pcm, start, duration_ms))
+
+    def finish(self, response_id: str) -> None:
+        """The response is done: no more audio will come for it."""
+        for key in self._parts.pop(response_id, ()):
+            entry = self._resamplers.pop(key, None)
+            tail = entry[0].flush() if entry else np.zeros(0, dtype=np.int16)
+            if len(tail):
+                self._queue.append(_Segment(response_id, key[0], key[1], tail, self._item_ms[key], 0.0))
+        self._finished.add(response_id)
+        self._check_stopped()
+
+    def next_frame(self) -> bytes:
+        """The next 20 ms to play: queued audio, padded with silence when there is too little."""
+        if not self._queue:
+            return self._silence
+        out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        filled = 0
+        while filled < FRAME_SAMPLES and self._queue:
+            seg = self._queue[0]
+            if seg.response_id not in self._started:
+                self._started[seg.response_id] = (seg.item_id, seg.content_index)
+                self._on_event(PlayoutStarted(seg.response_id))
+            take = min(FRAME_SAMPLES - filled, len(seg.pcm) - seg.pos)
+            out[filled:filled + take] = seg.pcm[seg.pos:seg.pos + take]
+            filled += take
+            seg.pos += take
+            if seg.pos >= len(seg.pcm):
+                self._queue.popleft()
+        self._check_stopped()
+        return out.tobytes()
+
+    def _check_stopped(self) -> None:
+        waiting = {s.response_id for s in self._queue}
+        for rid in [r for r in self._finished if r not in waiting]:
+            self._finished.discard(rid)
+            if self._started.pop(rid, None) is not None:
+                self._on_event(PlayoutStopped(rid))
+
+    def clear(self) -> PlayoutCleared:
+        """Stop now: drop everything queued and say what was playing and how far it got."""
+        head = self._queue[0] if self._queue else None
+        if head is not None:
+            result = PlayoutCleared(head.response_id, head.item_id, head.content_index, head.played_ms())
+        elif self._started:
+            rid, (item_id, index) = next(iter(self._started.items()))
+            result = PlayoutCleared(rid, item_id, index, self._item_ms.get((item_id, index), 0.0))
+        else:
+            result = PlayoutCleared()
+        self._queue.clear()
+        self._started.clear()
+        self._finished.clear()
+        for resampler, _ in self._resamplers.values():
+            resampler.flush()
+        self._resamplers.clear()
+        self._parts.clear()
+        return result
