@@ -147,7 +147,7 @@ async function errorMessage(res) {
 }
 
 async function httpPost(path, { body, headers }, payloadForLog) {
-  logEntry('http', `POST ${path}`, payloadForLog ?? null);
+  logEntry('http', `POST ${path}`, payloadForLog ?? { method: 'POST', path });
   let res;
   try {
     res = await fetch(path, { method: 'POST', body, headers });
