@@ -33,12 +33,11 @@ class _Segment:
     item_id: str
     content_index: int
     pcm: np.ndarray  # int16 at RATE
-    start_ms: float  # where it begins in the item's audio
-    duration_ms: float  # its length in the item's audio
+    start: int  # where it begins in its content part's audio, in samples at RATE
     pos: int = 0  # samples already played
 
     def played_ms(self) -> float:
-        return self.start_ms + self.duration_ms * self.pos / max(len(self.pcm), 1)
+        return (self.start + self.pos) * 1000 / RATE
 
 
 class Playout:
@@ -51,7 +50,7 @@ class Playout:
     def __init__(self, on_event: Callable[[PlayoutEvent], None]) -> None:
         self._on_event = on_event
         self._queue: deque[_Segment] = deque()
-        self._item_ms: dict[tuple[str, int], float] = {}  # audio pushed per content part
+        self._queued: dict[tuple[str, int], int] = {}  # samples queued per content part, ever
         self._resamplers: dict[tuple[str, int], tuple[StreamResampler, AudioFormat]] = {}
         self._parts: dict[str, set[tuple[str, int]]] = {}  # response -> its content parts
         self._started: dict[str, tuple[str, int]] = {}  # response -> part, while it plays
@@ -75,23 +74,21 @@ class Playout:
             entry = (StreamResampler(wire.rate, RATE), wire)
             self._resamplers[key] = entry
         self._parts.setdefault(response_id, set()).add(key)
-        pcm = entry[0].push(wire.decode(audio))
-        duration = wire.duration_ms(len(audio))
-        self._queue_pcm(response_id, key, pcm, duration)
+        self._queue_pcm(response_id, key, entry[0].push(wire.decode(audio)))
 
-    def _queue_pcm(self, response_id: str, key: tuple[str, int], pcm: np.ndarray, duration_ms: float) -> None:
-        start = self._item_ms.get(key, 0.0)
-        self._item_ms[key] = start + duration_ms
-        if len(pcm) or duration_ms:
-            self._queue.append(_Segment(response_id, key[0], key[1], pcm, start, duration_ms))
+    def _queue_pcm(self, response_id: str, key: tuple[str, int], pcm: np.ndarray) -> None:
+        """soxr keeps the output aligned with the input, so sample n at RATE is n / RATE into the part."""
+        start = self._queued.get(key, 0)
+        self._queued[key] = start + len(pcm)
+        if len(pcm):
+            self._queue.append(_Segment(response_id, key[0], key[1], pcm, start))
 
     def finish(self, response_id: str) -> None:
         """The response is done: no more audio will come for it."""
         for key in self._parts.pop(response_id, ()):
             entry = self._resamplers.pop(key, None)
-            tail = entry[0].flush() if entry else np.zeros(0, dtype=np.int16)
-            if len(tail):
-                self._queue.append(_Segment(response_id, key[0], key[1], tail, self._item_ms[key], 0.0))
+            if entry is not None:
+                self._queue_pcm(response_id, key, entry[0].flush())
         self._finished.add(response_id)
         self._check_stopped()
 
@@ -129,7 +126,7 @@ class Playout:
             result = PlayoutCleared(head.response_id, head.item_id, head.content_index, head.played_ms())
         elif self._started:
             rid, (item_id, index) = next(iter(self._started.items()))
-            result = PlayoutCleared(rid, item_id, index, self._item_ms.get((item_id, index), 0.0))
+            result = PlayoutCleared(rid, item_id, index, self._queued.get((item_id, index), 0) * 1000 / RATE)
         else:
             result = PlayoutCleared()
         self._queue.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +34,8 @@ def session_limit_refusal(state: AppState, principal: Principal) -> ProtocolErro
 def new_session(state: AppState, *, kind: str, dialect: str, model: str, bound: Any, media: bool = False) -> Session:
     settings = state.settings
     return Session(SessionSetup(
-        kind=kind, dialect=dialect, model=model, expires_at=int(state.clock() + settings.session_max_minutes * 60),
+        kind=kind, dialect=dialect, model=model,
+        expires_at=math.ceil(state.clock() + settings.session_max_minutes * 60),  # never sooner than promised
         bound=bound, accept_model=state.accepts_model, context_tokens=settings.llm_context_tokens,
         voice=settings.voice, instructions=settings.instructions, max_minutes=settings.session_max_minutes,
         media=media,
