@@ -77,6 +77,7 @@ def other_origin() -> Iterator[StaticServer]:
 
 @pytest.fixture(scope="module")
 def agents_server(scripted_llm: ScriptedLLMServer, page_origin: StaticServer) -> Iterator[ParleyServer]:
+    chromium_path()  # skip before starting a server for nothing
     env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_LLM_MODEL": scripted_llm.model,
            "PARLEY_STT_ENGINE": "pocketsphinx", "PARLEY_TTS_ENGINE": "espeak",
            "PARLEY_CORS_ORIGINS": page_origin.origin}

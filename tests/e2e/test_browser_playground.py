@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import StaticServer, chromium, mic_levels, wait_for, write_wav
+from tests.support.browser import StaticServer, chromium, chromium_path, mic_levels, wait_for, write_wav
 from tests.support.parley_server import ParleyServer
 from tests.support.scripted_llm import ScriptedLLMServer, Text
 from tests.support.speech import Speech, make_speech
@@ -46,6 +46,7 @@ def mic_wav(tmp_path: Path, speech: Speech) -> Path:
 
 @pytest.fixture(scope="module")
 def playground_server(scripted_llm: ScriptedLLMServer) -> Iterator[ParleyServer]:
+    chromium_path()  # skip before starting a server for nothing
     env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_LLM_MODEL": scripted_llm.model,
            "PARLEY_STT_ENGINE": "pocketsphinx", "PARLEY_TTS_ENGINE": "espeak"}
     with ParleyServer(env, name="browser-playground") as server:

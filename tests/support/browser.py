@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import importlib.util
 import os
 import shutil
 import threading
@@ -47,9 +48,7 @@ def chromium_path() -> str:
     path = shutil.which(CHROMIUM) if not os.path.isabs(CHROMIUM) else CHROMIUM
     if not path or not os.access(path, os.X_OK):
         pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium chromium-driver)")
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         pytest.skip("browser tests need the Python playwright package (pip install -e '.[test]')")
     return path
 
