@@ -1,11 +1,17 @@
 """The voice-activity-detection interface.
 
-VAD inference is tiny (~100 µs per 32 ms window), so it is synchronous and runs inline, right
-after the audio arrives; each session gets its own stream (the model keeps state per stream).
+VAD inference is small (~50-130 µs per 32 ms window), so it runs in the event loop, right after
+the audio arrives; each session gets its own stream (the model keeps state per stream).
+
+An engine may also run many streams' windows in one model call (`BatchVADEngine`): a stream is
+then `feed` audio, and `step(streams)` decides the next waiting window of each stream at once.
+The runtime's `VadBatcher` (parley.runtime.vad_batch) collects the windows of all sessions that
+arrive together and makes one such call for them, which costs far less than one call each.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -30,4 +36,29 @@ class VADEngine(Protocol):
 
     def stream(self) -> VADStream:
         """A new stream with its own state, one per session."""
+        ...
+
+
+@runtime_checkable
+class BatchVADStream(VADStream, Protocol):
+    def feed(self, pcm: np.ndarray) -> int:
+        """Buffer int16 audio at `sample_rate` without deciding anything; returns how many whole
+        windows now wait for `BatchVADEngine.step`.  `process(pcm)` is `feed` and then one
+        `step` per waiting window."""
+        ...
+
+    @property
+    def waiting(self) -> int:
+        """Whole windows buffered and not decided yet."""
+        ...
+
+
+@runtime_checkable
+class BatchVADEngine(VADEngine, Protocol):
+    def stream(self) -> BatchVADStream: ...
+
+    def step(self, streams: Sequence[BatchVADStream]) -> list[float]:
+        """Decide the next waiting window of each stream (distinct streams of this engine, each
+        with `waiting` >= 1) in one model call; one probability per stream, in order.  The
+        result is the same as each stream deciding its window alone."""
         ...
