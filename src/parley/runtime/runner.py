@@ -302,7 +302,7 @@ class SessionRunner:
                 if self.engines.vad is not None:
                     if self._vad is None:
                         self._vad = VadRunner(self.engines.vad)
-                    await self._execute(self.session.handle(self._vad.process(out.audio, out.fmt)))
+                    await self._execute(self.session.handle(await self._vad.process(out.audio, out.fmt)))
             elif isinstance(out, Transcribe):
                 job = asyncio.create_task(run_transcription(out, self.engines.stt(out.config), self.inbox.put))
                 self._jobs.add(job)
