@@ -71,12 +71,14 @@ SILENCE = append_message(bytes(2 * SAMPLES))
 
 
 class VadClock:
-    """Chunk index -> 16 kHz samples the server's resampler has produced by then."""
+    """Chunk index -> 16 kHz samples the server's resampler has produced by then (the same
+    resampler, at the same soxr quality, as the server's VAD path)."""
 
     def __init__(self, chunks: int) -> None:
         from parley.audio.resample import StreamResampler
+        from parley.runtime import listening
 
-        rs = StreamResampler(RATE, 16000)
+        rs = StreamResampler(RATE, 16000, quality=getattr(listening, "VAD_RESAMPLE_QUALITY", "QQ"))
         zero = np.zeros(SAMPLES, np.int16)
         self.cum = np.cumsum([rs.push(zero).size for _ in range(chunks)])
 
