@@ -117,6 +117,13 @@ class ParleyProc(Proc):
         except httpx.HTTPError as exc:
             return {"error": repr(exc)}
 
+    def vad(self) -> dict[str, Any]:
+        """The VAD batchers' model calls since the last call (bench/_server.py)."""
+        try:
+            return httpx.get(f"{self.http}/bench/vad", timeout=60).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return {"error": repr(exc)}
+
     def metrics(self) -> dict[str, float]:
         try:
             return parse_metrics(httpx.get(f"{self.http}/metrics", timeout=60).text)

@@ -3,7 +3,9 @@ event-loop lag probe.
 
 The probe is a task that sleeps `PROBE_S` in a loop and records how late it wakes up: the time
 the loop was busy with something else.  `GET /bench/lag` returns the percentiles of the samples
-since the last call (and forgets them).  Nothing else differs from `parley serve`.
+since the last call (and forgets them).  `GET /bench/vad` returns what the VAD batchers did since
+the last call (model calls, windows, windows per call; `{}` for a server without batching).
+Nothing else differs from `parley serve`.
 
     python bench/_server.py --port 8123        # settings from PARLEY_* as usual
 """
@@ -48,12 +50,46 @@ class LagProbe:
                 "max_ms": round(1000 * data[-1], 3), "mean_ms": round(1000 * sum(data) / len(data), 3)}
 
 
+def vad_stats() -> dict[str, Any]:
+    """The VAD batchers' model calls since the last call (and reset them)."""
+    try:
+        from parley.runtime.vad_batch import all_batchers
+    except ImportError:  # a Parley without batched VAD
+        return {}
+    sizes: collections.Counter[int] = collections.Counter()
+    for batcher in all_batchers():
+        sizes.update(batcher.batch_sizes)
+        batcher.batch_sizes.clear()
+    calls = sum(sizes.values())
+    windows = sum(size * n for size, n in sizes.items())
+    return {"calls": calls, "windows": windows, "windows_per_call": round(windows / calls, 2) if calls else None,
+            "max_batch": max(sizes, default=0),
+            "batch_size_p50": _weighted_quantile(sizes, 0.5), "batch_size_p95": _weighted_quantile(sizes, 0.95)}
+
+
+def _weighted_quantile(sizes: collections.Counter[int], q: float) -> int | None:
+    """The batch size that the q-quantile window was decided in (weighted by windows)."""
+    total = sum(size * n for size, n in sizes.items())
+    seen = 0
+    for size in sorted(sizes):
+        seen += size * sizes[size]
+        if seen >= q * total:
+            return size
+    return None
+
+
 def with_probe(app: Any, probe: LagProbe) -> Any:
     async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             probe.start()
         elif scope["type"] == "http" and scope["path"] == "/bench/lag":
             body = json.dumps(probe.report()).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        elif scope["type"] == "http" and scope["path"] == "/bench/vad":
+            body = json.dumps(vad_stats()).encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": body})

@@ -49,12 +49,14 @@ def run_step(n: int, engines: EngineServer, clip: Clip, vad: VadClock, server_cp
 
         def steady(t: float) -> None:
             server.lag()
+            server.vad()
             marks["t0"] = time.monotonic() + ramp
             marks["background"] = Background([server.pid, engines.pid])
 
         def ended() -> None:
             marks["t1"] = time.monotonic()
             marks["lag"] = server.lag()
+            marks["vad"] = server.vad()
             marks["background_pct"] = marks["background"].percent()  # type: ignore[attr-defined]
 
         def script(i: int) -> Conversation:
@@ -90,6 +92,7 @@ def run_step(n: int, engines: EngineServer, clip: Clip, vad: VadClock, server_cp
             "server_rss_peak_mib": rss, "server_rss_idle_mib": round(idle_rss / 2**20, 1),
             "rss_per_session_kib": round((rss * 2**20 - idle_rss) / n / 1024, 1) if rss is not None else None,
             "other_processes_cpu_percent": marks.get("background_pct"),
+            "vad_batching": marks.get("vad"),
         }
     finally:
         if sampler is not None:
@@ -188,7 +191,8 @@ def main() -> None:
             step = run_step(n, engines, clip, vad, server_cpus, seconds, args)
             results.append(step)
             print(f"N={n}: real_time={step['real_time']} {step['checks']} cpu={step['server_cpu_percent']}% "
-                  f"vad p99={step['vad_event_lag_ms']['p99']} loop p99={step['server_loop_lag_ms'].get('p99_ms')}",
+                  f"vad p99={step['vad_event_lag_ms']['p99']} loop p99={step['server_loop_lag_ms'].get('p99_ms')} "
+                  f"vad windows/call={(step['vad_batching'] or {}).get('windows_per_call')}",
                   file=sys.stderr, flush=True)
             if not step["real_time"] and not args.keep_going:
                 stopped_by = f"N={n} broke"

@@ -6,6 +6,10 @@ Each case runs in a loop for a fixed time after a warm-up; the figure is the med
 `repeats` rounds of the mean time per call (µs).  The last section adds up what one 20 ms
 chunk of caller audio costs the server on the way in (parse, base64, PCM decode, resample,
 VAD) and what that means in sessions per core, for the inbound path alone.
+
+The VAD is timed the way the server runs it: one window alone (`SileroStream.process`), and
+batched, as `SileroVAD.step` over B streams (one model call, per-stream bookkeeping included)
+and as B sessions' `VadBatcher.process` in an asyncio loop (futures and scheduling included).
 """
 
 from __future__ import annotations
@@ -73,7 +77,10 @@ def cases() -> dict[str, Callable[[], Any]]:
                    "output_index": 0, "content_index": 0, "delta": base64.b64encode(delta_pcm).decode()}
     small_event = {"event_id": "event_CpTAMJqXYTkTu0eF3m8Wj", "type": "input_audio_buffer.speech_started",
                    "audio_start_ms": 1234, "item_id": "item_CpTAMJqXYTkTu0eF3m8Wl"}
-    resampler = StreamResampler(RATE, 16000)
+    from parley.runtime.listening import VAD_RESAMPLE_QUALITY
+
+    resampler = StreamResampler(RATE, 16000, quality=VAD_RESAMPLE_QUALITY)
+    hq_resampler = StreamResampler(RATE, 16000)
     down8k = resample(chunk, RATE, 8000)
     ulaw, alaw = ulaw_encode(down8k), alaw_encode(down8k)
     vad_stream = SileroVAD().stream()
@@ -92,7 +99,8 @@ def cases() -> dict[str, Callable[[], Any]]:
         "base64 encode 20 ms PCM16 (960 B)": lambda: base64.b64encode(raw),
         "base64 decode 20 ms PCM16 (1280 chars)": lambda: base64.b64decode(b64),
         "PCM16 bytes -> int16 (AudioFormat decode)": lambda: PCM16.decode(raw),
-        "resample 20 ms 24k->16k (StreamResampler.push)": lambda: resampler.push(chunk),
+        f"resample 20 ms 24k->16k ({VAD_RESAMPLE_QUALITY}, the VAD's StreamResampler.push)": lambda: resampler.push(chunk),
+        "resample 20 ms 24k->16k (HQ StreamResampler.push)": lambda: hq_resampler.push(chunk),
         "resample 20 ms 24k->8k (StreamResampler.push)": lambda: g711_resampler.push(chunk),
         "G.711 µ-law encode 20 ms (160 samples)": lambda: ulaw_encode(down8k),
         "G.711 µ-law decode 20 ms": lambda: ulaw_decode(ulaw),
@@ -105,10 +113,11 @@ def cases() -> dict[str, Callable[[], Any]]:
 
 
 def resampler_delay_ms() -> dict[str, float]:
-    """How late soxr's streaming 24k->16k resampler releases audio (the VAD sees it that late)."""
+    """How late the VAD's streaming 24k->16k resampler releases audio (the VAD sees it that late)."""
     from parley.audio.resample import StreamResampler
+    from parley.runtime.listening import VAD_RESAMPLE_QUALITY
 
-    rs = StreamResampler(RATE, 16000)
+    rs = StreamResampler(RATE, 16000, quality=VAD_RESAMPLE_QUALITY)
     zero = np.zeros(CHUNK, np.int16)
     out, lags = 0, []
     for k in range(2000):
@@ -119,22 +128,51 @@ def resampler_delay_ms() -> dict[str, float]:
 
 
 def batched_vad(quick: bool) -> dict[str, Any]:
-    """What if: one onnxruntime call for the windows of many sessions at once (Silero's ONNX
-    model takes a batch: input [B, 576], state [2, B, 128]).  Parley runs one call per window
-    per session today; this times the model alone, via the engine's private session loader."""
-    from parley.engines.vad_silero import SileroVAD, _load_session
+    """Silero per window at batch sizes B: the model alone (one onnxruntime call for B windows),
+    `SileroVAD.step` over B streams (what the batcher calls), and B sessions going through a
+    `VadBatcher` in an asyncio loop (futures, call_soon, and the step)."""
+    import asyncio
 
-    session = _load_session(SileroVAD().model_path)
+    from parley.engines.vad_silero import SileroVAD, _load_session
+    from parley.runtime.vad_batch import VadBatcher
+
+    engine = SileroVAD()
+    session = _load_session(engine.model_path)
     sr = np.array(16000, dtype=np.int64)
     rng = np.random.default_rng(0)
+    seconds, repeats = (0.3, 3) if quick else (1.5, 5)
     out: dict[str, Any] = {}
     for batch in (1, 8, 32, 100):
         x = (rng.standard_normal((batch, 576)) * 0.1).astype(np.float32)
         state = np.zeros((2, batch, 128), np.float32)
-        timing = bench(lambda: session.run(None, {"input": x, "state": state, "sr": sr}),
-                       0.3 if quick else 1.5, 3 if quick else 5)
-        out[f"batch_{batch}"] = {"us_per_call": timing["us_per_call"],
-                                 "us_per_window": round(timing["us_per_call"] / batch, 1)}
+        model = bench(lambda: session.run(None, {"input": x, "state": state, "sr": sr}), seconds, repeats)
+        streams = [engine.stream() for _ in range(batch)]
+        window = (rng.standard_normal(512) * 3000).astype(np.int16)
+
+        def step() -> None:
+            for s in streams:
+                s.feed(window)
+            engine.step(streams)
+
+        stepped = bench(step, seconds, repeats)
+        batcher = VadBatcher(engine)
+        sessions = [engine.stream() for _ in range(batch)]
+
+        async def rounds(k: int) -> float:
+            began = time.perf_counter()
+            for _ in range(k):
+                await asyncio.gather(*(batcher.process(s, window) for s in sessions))
+            return time.perf_counter() - began
+
+        k = max(20, int(2000 / batch))
+        asyncio.run(rounds(k))  # warm up
+        runs = [asyncio.run(rounds(k)) for _ in range(repeats)]
+        loop_us = statistics.median(runs) / k * 1e6
+        out[f"batch_{batch}"] = {
+            "model_us_per_call": model["us_per_call"], "model_us_per_window": round(model["us_per_call"] / batch, 1),
+            "step_us_per_window": round(stepped["us_per_call"] / batch, 1),
+            "batcher_in_asyncio_us_per_window": round(loop_us / batch, 1),
+            "windows_per_call_seen": batcher.stats()["windows_per_call"]}
     return out
 
 
@@ -166,10 +204,13 @@ def main() -> None:
     began = time.monotonic()
     results = {name: bench(fn, seconds, repeats) for name, fn in cases().items()}
     us = {k: v["us_per_call"] for k, v in results.items()}
+    resample_us = next(v for k, v in us.items() if k.startswith("resample 20 ms 24k->16k (") and "VAD" in k)
     inbound = (us["parse_client_event (append, 20 ms audio)"] + us["PCM16 bytes -> int16 (AudioFormat decode)"]
-               + us["resample 20 ms 24k->16k (StreamResampler.push)"]
-               + us["Silero VAD, one 32 ms window (512 samples)"] * 20 / 32)
+               + resample_us + us["Silero VAD, one 32 ms window (512 samples)"] * 20 / 32)
     per_core = 20_000 / inbound
+    batched = batched_vad(args.quick)
+    vad_32 = batched["batch_32"]["batcher_in_asyncio_us_per_window"]
+    inbound_batched = inbound - us["Silero VAD, one 32 ms window (512 samples)"] * 20 / 32 + vad_32 * 20 / 32
     name = "micro-quick" if args.quick else "micro"
     plot_ref = save_plot(name, lambda path: plot(results, path))
     save(name, {
@@ -179,9 +220,11 @@ def main() -> None:
             "us": round(inbound, 1),
             "parts": "parse_client_event (incl. base64 check) + PCM decode + resample 24k->16k + 20/32 of a VAD window",
             "cpu_percent_of_core_per_session": round(100 * inbound / 20_000, 2),
-            "sessions_per_core_inbound_only": round(per_core)},
+            "sessions_per_core_inbound_only": round(per_core),
+            "us_with_vad_batched_32": round(inbound_batched, 1),
+            "sessions_per_core_inbound_only_batched_32": round(20_000 / inbound_batched)},
         "resampler_24k_to_16k_delay_ms": resampler_delay_ms(),
-        "what_if_batched_vad": batched_vad(args.quick),
+        "batched_vad": batched,
         "plot": plot_ref, "elapsed_s": round(time.monotonic() - began, 1)})
 
 
