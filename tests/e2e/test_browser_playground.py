@@ -5,7 +5,10 @@ Chromium plays the WAV given by `--use-file-for-fake-audio-capture` from its fir
 page calls getUserMedia (the playground does that on Connect), then loops it.  The WAV is
 1.5 s of silence (time for the call to come up), "turn off the lights in the kitchen" (flite's slt
 voice, which pocketsphinx understands) and 4.5 s of silence, so the scripted reply has finished
-before the sentence comes round again (it would barge in).
+before the sentence comes round again (it would barge in).  The page leaves Chromium's default
+audio processing on, whose gain control boosts the first sentence about 2x: pocketsphinx often
+mishears its first words ("danielle chill lights in the kitchen"); later loops arrive at unity gain
+and are heard right, so the test waits (up to three loops) for any user turn with two of the words.
 
 The server runs with an API key (`test-key`), which the test types into #api-key: the page mints an
 ephemeral key with it and opens the call with that.
@@ -101,7 +104,7 @@ async def test_playground_voice_call(tmp_path: Path, mic_wav: Path, playground_s
 
         user_turns = await wait_for(
             page, """(words) => { const t = [...document.querySelectorAll('#transcript div.turn.user')]
-                         .map((d) => d.innerText);
+                         .map((d) => d.textContent);
                        return t.some((s) => words.filter((w) => s.toLowerCase().split(/[^a-z]+/).includes(w)).length >= 2) && t; }""",
             arg=sorted(WORDS), timeout_s=25, what="a user turn with the spoken words", browser=browser)
         heard_s = time.monotonic() - started
@@ -110,16 +113,17 @@ async def test_playground_voice_call(tmp_path: Path, mic_wav: Path, playground_s
 
         assistant = await wait_for(
             page, """(reply) => { const t = [...document.querySelectorAll('#transcript div.turn.assistant')]
-                         .map((d) => d.innerText);
+                         .map((d) => d.textContent);
                        return t.some((s) => s.includes(reply)) && t; }""",
             arg=reply, timeout_s=15, what="the assistant's scripted reply in the transcript", browser=browser)
         replied_s = time.monotonic() - started
         assert any(reply in t for t in assistant)
-        # the LLM was asked with what pocketsphinx heard
+        # the scripted reply answers the first turn, and the LLM was asked with exactly what the page shows for it
         asked = [m["content"] for m in llm.requests[0]["messages"] if m["role"] == "user"][-1]
-        assert _shares_words(asked if isinstance(asked, str) else str(asked)), asked
+        assert asked in (user_turns[0], [{"type": "text", "text": user_turns[0]}]), (asked, user_turns)
 
-        audio = await wait_for(page, "() => window.parley.remoteAudio.energy > 0 && window.parley.remoteAudio",
+        # totalAudioEnergy sums level² × seconds: ~0.02 for this reply, under 1e-4 for a noise floor
+        audio = await wait_for(page, "() => window.parley.remoteAudio.energy > 1e-3 && window.parley.remoteAudio",
                                timeout_s=8, what="remote audio energy (the spoken reply on the remote track)",
                                browser=browser)
 
