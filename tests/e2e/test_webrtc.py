@@ -76,7 +76,7 @@ async def test_spoken_reply_plays_on_the_track_with_output_audio_buffer_events(c
     for _, event in caller.events:
         validate_server_event(event)
     i_start = types.index("output_audio_buffer.started")
-    assert types.index("response.content_part.added") < i_start
+    assert types.index("response.content_part.added") < i_start < i_done
     assert types.index("output_audio_buffer.stopped") > i_done
     assert stopped["response_id"] == done["response"]["id"]
     # audio travels on the media track, not as JSON

@@ -33,14 +33,15 @@ def test_frames_are_20ms_at_48k_and_silence_when_idle() -> None:
     assert events == [] and not p.busy
 
 
-def test_started_on_first_sample_and_stopped_after_finish_and_drain() -> None:
+def test_started_with_the_first_audio_and_stopped_after_finish_and_drain() -> None:
     events: list = []
     p = Playout(events.append)
     p.push("resp_1", "item_1", 0, tone(100), PCM)
-    assert events == []
+    assert events == [PlayoutStarted("resp_1")]
+    p.push("resp_1", "item_1", 0, tone(100), PCM)
     drain(p, 1)
     assert events == [PlayoutStarted("resp_1")]
-    drain(p, 10)  # all audio played, but the response is not done: no stop yet (an underrun)
+    drain(p, 12)  # all audio played, but the response is not done: no stop yet (an underrun)
     assert events == [PlayoutStarted("resp_1")]
     p.finish("resp_1")
     drain(p, 2)

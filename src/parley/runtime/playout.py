@@ -43,8 +43,9 @@ class _Segment:
 class Playout:
     """A FIFO of response audio, drained one frame at a time.
 
-    `on_event` receives `PlayoutStarted` when a response's first sample is played and
-    `PlayoutStopped` when a finished response's last sample is.
+    `on_event` receives `PlayoutStarted` when a response's first audio is queued (it plays on
+    the next tick, within 20 ms; the hosted API also reports it before `response.done`) and
+    `PlayoutStopped` when a finished response's last sample has been played.
     """
 
     def __init__(self, on_event: Callable[[PlayoutEvent], None]) -> None:
@@ -75,6 +76,9 @@ class Playout:
             self._resamplers[key] = entry
         self._parts.setdefault(response_id, set()).add(key)
         self._queue_pcm(response_id, key, entry[0].push(wire.decode(audio)))
+        if response_id not in self._started:
+            self._started[response_id] = key
+            self._on_event(PlayoutStarted(response_id))
 
     def _queue_pcm(self, response_id: str, key: tuple[str, int], pcm: np.ndarray) -> None:
         """soxr keeps the output aligned with the input, so sample n at RATE is n / RATE into the part."""
@@ -100,9 +104,6 @@ class Playout:
         filled = 0
         while filled < FRAME_SAMPLES and self._queue:
             seg = self._queue[0]
-            if seg.response_id not in self._started:
-                self._started[seg.response_id] = (seg.item_id, seg.content_index)
-                self._on_event(PlayoutStarted(seg.response_id))
             take = min(FRAME_SAMPLES - filled, len(seg.pcm) - seg.pos)
             out[filled:filled + take] = seg.pcm[seg.pos:seg.pos + take]
             filled += take
