@@ -288,3 +288,26 @@ async def _side_until(side, kind: str, limit: float = 20.0) -> dict:
         if event["type"] == kind:
             return event
     raise TimeoutError(kind)
+
+
+async def test_a_call_that_never_connects_is_dropped(scripted_llm) -> None:
+    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_STT_ENGINE": "none", "PARLEY_TTS_ENGINE": "none",
+           "PARLEY_CALL_CONNECT_TIMEOUT_S": "1"}
+    with ParleyServer(env, name="webrtc-timeout") as server:
+        c = WebRTCCaller(server.base_url, server.api_key)
+        await c.pc.setLocalDescription(await c.pc.createOffer())
+        sdp = c.pc.localDescription.sdp
+        await c.close()  # the caller goes away before any media flows
+        auth = {"Authorization": f"Bearer {server.api_key}"}
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(server.base_url + "/realtime/calls", content=sdp,
+                                     headers={**auth, "Content-Type": "application/sdp"})
+            assert answer.status_code == 201
+            answered = time.monotonic()
+            while '"msg": "call ended"' not in server.log_path.read_text():
+                assert time.monotonic() - answered < 10, "the call was never dropped"
+                await asyncio.sleep(0.1)
+            assert time.monotonic() - answered > 0.8  # after PARLEY_CALL_CONNECT_TIMEOUT_S, not before
+            assert "call never connected" in server.log_path.read_text()
+            hangup = server.base_url + answer.headers["location"].removeprefix("/v1") + "/hangup"
+            assert (await http.post(hangup, headers=auth)).status_code == 404  # gone
