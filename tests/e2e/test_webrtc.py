@@ -311,3 +311,19 @@ async def test_a_call_that_never_connects_is_dropped(scripted_llm) -> None:
             assert "call never connected" in server.log_path.read_text()
             hangup = server.base_url + answer.headers["location"].removeprefix("/v1") + "/hangup"
             assert (await http.post(hangup, headers=auth)).status_code == 404  # gone
+
+
+async def test_an_event_too_large_for_the_data_channel_becomes_an_error(caller, llm) -> None:
+    await caller.wait_for("session.created")
+    caller.send(NO_VAD)
+    await caller.wait_for("session.updated")
+    llm.enqueue(Text(" ".join(f"This is sentence number {i} of a long answer." for i in range(1, 8)), chunk_size=20))
+    caller.send({"type": "response.create"})
+    _, _, done = await caller.wait_for("response.done", timeout=20)
+    item_id = done["response"]["output"][0]["id"]
+    caller.send({"type": "conversation.item.retrieve", "item_id": item_id})  # seconds of audio: > 256 KiB as JSON
+    _, _, err = await caller.wait_for("error", timeout=10)
+    assert err["error"]["code"] == "event_too_large" and "conversation.item.retrieved" in err["error"]["message"]
+    caller.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Still here."}})
+    _, _, updated = await caller.wait_for("session.updated", where=lambda e: e["session"]["instructions"] == "Still here.")
+    assert caller.channel.readyState == "open"

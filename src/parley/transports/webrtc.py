@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import json
 import logging
 import re
 import time
@@ -27,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from av.audio.resampler import AudioResampler
 
+from ..protocol.ids import IdFactory
 from ..runtime.playout import FRAME_SAMPLES, RATE, Playout
 
 log = logging.getLogger("parley.webrtc")
@@ -119,10 +121,25 @@ class DataChannelTransport:
         while channel.bufferedAmount > SEND_BUFFER_BYTES and channel.readyState == "open":
             self._drained.clear()
             await self._drained.wait()
-        channel.send(text)
+        try:
+            channel.send(text)
+        except ValueError as exc:  # larger than the browser takes (often 256 KiB): say so instead
+            channel.send(too_large_for_channel(text, str(exc)))
 
     async def close(self, code: int, reason: str) -> None:
         await self._hang_up()
+
+
+def too_large_for_channel(text: str, reason: str) -> str:
+    """An `error` event in place of an event the peer's data channel cannot take (typically a
+    `conversation.item.retrieved` with long audio)."""
+    kind = "event"
+    with contextlib.suppress(ValueError, AttributeError):
+        kind = json.loads(text).get("type", kind)
+    return json.dumps({"event_id": IdFactory().event(), "type": "error", "error": {
+        "type": "invalid_request_error", "code": "event_too_large", "param": None, "event_id": None,
+        "message": f"The server could not send a {kind} event of {len(text.encode())} bytes on the data channel "
+                   f"({reason}). Retrieve large items over a sideband WebSocket (?call_id=) instead."}})
 
 
 # ---- media -------------------------------------------------------------------------------------
