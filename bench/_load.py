@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import random
 import re
 import time
@@ -34,7 +35,10 @@ import numpy as np
 from _common import API_KEY
 
 CHUNK_MS = 20
-PHASES = 4
+# callers send in PHASES sub-slots of each 20 ms (caller i in slot i % PHASES); more phases
+# spread the arrivals more evenly (BENCH_PHASES=20: 1 ms apart), which leaves fewer windows for
+# the server's VAD batcher to share a model call
+PHASES = int(os.environ.get("BENCH_PHASES", "4"))
 RATE = 24000
 SAMPLES = RATE * CHUNK_MS // 1000
 _DELTA_PREFIX = '"type":"response.output_audio.delta"'

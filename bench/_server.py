@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import json
 import time
 from typing import Any
@@ -26,6 +27,15 @@ class LagProbe:
     def __init__(self) -> None:
         self.samples: collections.deque[float] = collections.deque(maxlen=500_000)
         self.task: asyncio.Task[None] | None = None
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection
+        self._gc_began = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+        else:
+            self.gc_pauses.append((info["generation"], time.perf_counter() - self._gc_began))
 
     def start(self) -> None:
         if self.task is None:
@@ -40,14 +50,18 @@ class LagProbe:
     def report(self) -> dict[str, Any]:
         data = sorted(self.samples)
         self.samples.clear()
+        pauses, self.gc_pauses = self.gc_pauses, []
+        gc_report = {f"gen{g}": {"count": len(p), "max_ms": round(1000 * max(p), 2), "total_ms": round(1000 * sum(p), 1)}
+                     for g in (0, 1, 2) if (p := [d for gen, d in pauses if gen == g])}
         if not data:
-            return {"count": 0}
+            return {"count": 0, "gc": gc_report}
 
         def q(p: float) -> float:
             return round(1000 * data[min(len(data) - 1, int(p * len(data)))], 3)
 
         return {"count": len(data), "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
-                "max_ms": round(1000 * data[-1], 3), "mean_ms": round(1000 * sum(data) / len(data), 3)}
+                "max_ms": round(1000 * data[-1], 3), "mean_ms": round(1000 * sum(data) / len(data), 3),
+                "gc": gc_report}
 
 
 def vad_stats() -> dict[str, Any]:

@@ -29,6 +29,7 @@ from latency import parley_env, warm_up
 # (area, substrings of "function (file)" frames); the first match from the leaf upwards wins
 AREAS = [
     ("VAD inference (onnxruntime)", ["vad_silero.py"]),
+    ("VAD batching (futures, scheduling)", ["vad_batch.py"]),
     ("resampling (soxr)", ["resample.py", "soxr"]),
     ("client event parsing (pydantic)", ["client_events.py", "strict.py", "pydantic"]),
     ("JSON encode/decode", ["json/"]),
