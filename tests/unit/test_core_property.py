@@ -24,8 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parley.core.io import (
+    CallMcpTool,
     Close,
     DetectSpeech,
+    ListMcpTools,
+    McpToolResult,
+    McpToolsListed,
     ModelAudio,
     ModelDone,
     ModelFailed,
@@ -51,7 +55,10 @@ from tests.support.event_schema import validate_server_event
 
 EXAMPLES = int(os.environ.get("PARLEY_FUZZ_EXAMPLES", "150"))
 BETA_MODELS = ["gpt-realtime", "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview"]
-OUTPUT_TYPES = (Send, StartResponse, StopResponse, SessionChanged, UsageReport, Close, DetectSpeech, Transcribe)
+OUTPUT_TYPES = (Send, StartResponse, StopResponse, SessionChanged, UsageReport, Close, DetectSpeech, Transcribe,
+                ListMcpTools, CallMcpTool)
+MCP_TOOLS = [{"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+             {"name": "lookup", "input_schema": {"type": "object"}, "annotations": {"readOnlyHint": True}}]
 
 # ---- value strategies ------------------------------------------------------------------------
 
@@ -87,7 +94,9 @@ function_tool = st.fixed_dictionaries(
     {"type": st.just("function"), "name": st.sampled_from(["get_weather", "lookup", "f"])},
     optional={"description": short_text, "parameters": st.just({"type": "object", "properties": {}})})
 mcp_tool = st.fixed_dictionaries({"type": st.just("mcp"), "server_label": st.sampled_from(["a", "b"]),
-                                  "server_url": st.just("https://mcp.example/")})
+                                  "server_url": st.just("https://mcp.example/")},
+                                 optional={"require_approval": st.sampled_from(["always", "never"]),
+                                           "allowed_tools": st.sampled_from([["get_weather"], {"read_only": True}])})
 tool_choice = st.sampled_from(["auto", "none", "required"]) | st.fixed_dictionaries(
     {"type": st.just("function"), "name": st.sampled_from(["get_weather", "f"])})
 max_tokens = st.integers(1, 4096) | st.just("inf")
@@ -199,7 +208,8 @@ def ga_item(*, beta: bool) -> st.SearchStrategy[dict[str, Any]]:
     kinds = [message, call, result]
     if not beta:
         kinds.append(st.fixed_dictionaries({"type": st.just("mcp_approval_response"), "id": st.just("appr_1"),
-                                            "approval_request_id": st.just("mcpr_1"), "approve": st.booleans()}))
+                                            "approval_request_id": st.sampled_from(["mcpr_1", "@item0", "@item1", "@item2"]),
+                                            "approve": st.booleans()}))
     with_id = st.fixed_dictionaries({}, optional={"id": ITEM_REF})
     return st.tuples(st.one_of(kinds), with_id).map(lambda t: {**t[0], **t[1]})
 
@@ -209,7 +219,7 @@ def response_params(*, beta: bool) -> st.SearchStrategy[dict[str, Any]]:
     inputs = st.lists(ref | ga_item(beta=beta), max_size=3)
     common = dict(instructions=short_text, conversation=st.sampled_from(["auto", "none"]), metadata=metadata,
                   input=inputs, tool_choice=tool_choice if not beta else st.sampled_from(["auto", "none"]),
-                  tools=st.lists(function_tool, max_size=1))
+                  tools=st.lists(function_tool if beta else function_tool | mcp_tool, max_size=1))
     if beta:
         return optional_fields(modalities=st.sampled_from([["text"], ["text", "audio"]]), voice=voice,
                                output_audio_format=fmt_beta, temperature=st.floats(0.6, 1.2),
@@ -304,6 +314,8 @@ class Driver:
         self.started: dict[str, str] = {}  # running response id -> modality
         self.turns: list[int] = []
         self.detect = 0
+        self.listings: list[str] = []  # item ids of ListMcpTools outputs
+        self.mcp_calls: list[str] = []  # item ids of CallMcpTool outputs
         self.check(self.s.start(), None)
 
     def check(self, outs: list[Any], client_event_id: str | None) -> list[Any]:
@@ -325,6 +337,11 @@ class Driver:
                 self.turns.append(o.turn)
             elif isinstance(o, DetectSpeech):
                 self.detect += 1
+            elif isinstance(o, ListMcpTools):
+                self.listings.append(o.item_id)
+            elif isinstance(o, CallMcpTool):
+                assert o.response_id in self.s.responses
+                self.mcp_calls.append(o.item_id)
         s = self.s
         assert s.default_response is None or s.default_response in s.responses
         assert sum(1 for r in s.responses.values() if r.conversation is not None) <= 1
@@ -354,8 +371,11 @@ _idx = st.integers(0, 40)
 RUNTIME = st.one_of(
     st.tuples(st.just("text"), _idx, short_text),
     st.tuples(st.just("text"), _idx, short_text),
-    st.tuples(st.just("tool"), _idx, st.integers(0, 2), st.sampled_from(["", "{", '"a": 1', "}"]),
-              st.none() | st.sampled_from(["f", "get_weather"])),
+    st.tuples(st.just("tool"), _idx, st.integers(0, 2), st.sampled_from(["", "{", '"a": 1', "}", '{"city": "x"}']),
+              st.none() | st.sampled_from(["f", "get_weather", "mcp__a__get_weather", "mcp__b__lookup"])),
+    *[st.tuples(st.just("tool"), _idx, st.integers(0, 1), st.just('{"city": "x"}'), st.just("@mcp"))] * 2,
+    *[st.tuples(st.just("mcp_list"), _idx, st.booleans() | st.just(True))] * 2,
+    *[st.tuples(st.just("mcp_result"), _idx, st.booleans(), short_text)] * 2,
     *[st.tuples(st.just("audio"), _idx, st.sampled_from([40, 100, 200]) | st.integers(0, 400), short_text)] * 3,
     st.tuples(st.just("done"), _idx, st.sampled_from(["stop", "length", "content_filter", "tool_calls"])),
     st.tuples(st.just("failed"), _idx, short_text),
@@ -377,6 +397,8 @@ def runtime_input(d: Driver, spec: tuple[Any, ...]) -> Any:
     pending = sorted(d.s.pending_transcripts)
     if kind in ("text", "tool", "done", "failed") and running:
         rid = pick(running, rest[0])
+        if kind == "tool" and rest[3] == "@mcp":  # one of the MCP tools this response offers
+            rest = (*rest[:3], pick(sorted(d.s.responses[rid].mcp.tools) or ["f"], rest[0]))
         return {"text": lambda: ModelText(rid, rest[1]), "tool": lambda: ModelToolCall(rid, *rest[1:]),
                 "done": lambda: ModelDone(rid, rest[1]), "failed": lambda: ModelFailed(rid, rest[1])}[kind]()
     if kind == "audio" and audio:
@@ -387,6 +409,11 @@ def runtime_input(d: Driver, spec: tuple[Any, ...]) -> Any:
         return TurnTranscript(pick(d.turns, rest[0]), rest[1])
     if kind == "vad" and d.detect:
         return VadResult(rest[0], 32.0)
+    if kind == "mcp_list" and d.listings:
+        return McpToolsListed(pick(d.listings, rest[0]), *((MCP_TOOLS, None) if rest[1] else (None, "unreachable")))
+    if kind == "mcp_result" and d.mcp_calls:
+        error = None if rest[1] else {"type": "tool_execution_error", "message": rest[2]}
+        return McpToolResult(pick(d.mcp_calls, rest[0]), rest[2] if rest[1] else None, error)
     stale = d.known.ids["resp"] or ["resp_nope"]
     return ModelText(pick(stale, rest[0] if isinstance(rest[0], int) else 0), "late")
 
@@ -432,6 +459,8 @@ def fresh_text_turn(d: Driver) -> None:
     assert [o.event["type"] for o in outs if isinstance(o, Send)] == (
         ["conversation.item.created"] if d.dialect == "beta" else ["conversation.item.added", "conversation.item.done"])
     outs = d.client(json.dumps({"type": "response.create"}))
+    for call in [o for o in outs if isinstance(o, CallMcpTool)]:  # approved MCP calls run first
+        outs += d.runtime(McpToolResult(call.item_id, "ok"))
     starts = [o for o in outs if isinstance(o, StartResponse)]
     assert len(starts) == 1, outs
     assert starts[0].plan.request.messages[-1] == {"role": "user", "content": "ping"}
@@ -456,6 +485,11 @@ def fresh_text_turn(d: Driver) -> None:
 @given(data=st.data())
 def test_any_event_sequence_keeps_the_session_sound(dialect: str, data: st.DataObject) -> None:
     d = Driver(dialect)
+    if dialect == "ga" and data.draw(st.booleans(), label="mcp server"):  # else MCP calls are rare
+        policy = data.draw(st.sampled_from(["always", "never"]), label="require_approval")
+        server = {"type": "mcp", "server_label": "a", "server_url": "https://mcp.example/", "require_approval": policy}
+        d.client(json.dumps({"type": "session.update", "session": {"type": "realtime", "tools": [server]}}))
+        d.runtime(McpToolsListed(d.listings[-1], MCP_TOOLS))
     for kind, spec in data.draw(STEPS[dialect], label="steps"):
         if kind == "runtime":
             d.runtime(runtime_input(d, spec))

@@ -586,10 +586,12 @@ def test_bad_inline_audio_is_refused(h: Harness) -> None:
     assert err["code"] == "invalid_value" and err["param"] == "item.content[0].audio"
 
 
-def test_mcp_approval_response_item_echo_validates(h: Harness) -> None:
-    h.client({"type": "conversation.item.create",
-              "item": {"type": "mcp_approval_response", "id": "appr_1", "approval_request_id": "mcpr_1",
-                       "approve": True}})
+def test_mcp_approval_response_needs_its_request(h: Harness) -> None:
+    """(Answers to real requests, and their echo: tests/unit/test_core_mcp.py.)"""
+    err = error_of(h.client({"type": "conversation.item.create",
+                             "item": {"type": "mcp_approval_response", "id": "appr_1", "approval_request_id": "mcpr_1",
+                                      "approve": True}}))
+    assert err["code"] == "invalid_value" and err["param"] == "item.approval_request_id"
 
 
 # ---- responses: event order and ids ----------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "parley"
 FORBIDDEN = {"asyncio", "socket", "time", "datetime", "threading", "subprocess", "httpx", "openai",
-             "websockets", "starlette", "fastapi", "uvicorn", "os"}
+             "websockets", "starlette", "fastapi", "uvicorn", "os", "mcp", "httpx2", "anyio"}
 
 
 @pytest.mark.parametrize("path", sorted((SRC / "core").glob("*.py")) + sorted((SRC / "protocol").glob("*.py")),

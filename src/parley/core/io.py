@@ -93,8 +93,30 @@ class ClearPlayout:
     with `PlayoutCleared`."""
 
 
+@dataclass(frozen=True)
+class ListMcpTools:
+    """Connect to a remote MCP server (or reuse the session's client for its label) and list its
+    tools; answer with `McpToolsListed`.  `server` is the session's `mcp` tool definition
+    (`server_label`, `server_url`, `headers`, `authorization`)."""
+
+    item_id: str
+    server: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CallMcpTool:
+    """Call tool `name` on an MCP server for response `response_id`; answer with
+    `McpToolResult`.  Stopping the response (`StopResponse`) abandons the call."""
+
+    response_id: str
+    item_id: str
+    server: dict[str, Any]
+    name: str
+    arguments: dict[str, Any]
+
+
 Output = (Send | StartResponse | StopResponse | SessionChanged | UsageReport | Close | DetectSpeech | Transcribe
-          | ClearPlayout)
+          | ClearPlayout | ListMcpTools | CallMcpTool)
 
 # ---- inputs from the runtime -----------------------------------------------------------------
 
@@ -209,5 +231,25 @@ class PlayoutCleared:
     played_ms: float = 0.0
 
 
+@dataclass(frozen=True)
+class McpToolsListed:
+    """The tools an MCP server offers (`tools`: name, input_schema, description?, annotations?),
+    or why listing failed (`error`)."""
+
+    item_id: str
+    tools: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class McpToolResult:
+    """An MCP tool call's text `output`, or its `error` (an `mcp_call` item error object:
+    `{type: protocol_error|tool_execution_error|http_error, code?, message}`)."""
+
+    item_id: str
+    output: str | None = None
+    error: dict[str, Any] | None = None
+
+
 RuntimeInput = (VadResult | TranscriptDelta | TranscriptDone | TranscriptFailed | TurnTranscript | ModelText | ModelToolCall | ModelAudio | ModelDone | ModelFailed | Expired
-                | MediaAudio | PlayoutStarted | PlayoutStopped | PlayoutCleared)
+                | MediaAudio | PlayoutStarted | PlayoutStopped | PlayoutCleared | McpToolsListed | McpToolResult)

@@ -17,6 +17,7 @@ from ..engines.llm import Usage
 from ..protocol.ids import IdFactory
 from .context import INPUT_AUDIO_TOKENS_PER_S, OUTPUT_AUDIO_TOKENS_PER_S, estimate_tokens
 from .conversation import Conversation, StoredAudio
+from .mcp_response import McpResponseMixin, McpRunState
 
 Event = dict[str, Any]
 
@@ -36,7 +37,7 @@ class _OpenCall:
 
 
 @dataclass
-class ResponseRun:
+class ResponseRun(McpResponseMixin):
     id: str
     ids: IdFactory
     conversation: Conversation | None  # None for out-of-band responses
@@ -53,6 +54,7 @@ class ResponseRun:
     produced_audio: bool = False
     _message: _OpenMessage | None = None
     _calls: dict[int, _OpenCall] = field(default_factory=dict)
+    mcp: McpRunState = field(default_factory=McpRunState)  # MCP tools and calls (core/mcp_response.py)
     _text_tokens: int = 0
     _audio_ms: float = 0.0
 
@@ -88,7 +90,8 @@ class ResponseRun:
         return index, events
 
     def _finish_item(self, item: dict[str, Any], index: int, status: str) -> list[Event]:
-        item["status"] = status
+        if "status" in item:  # MCP items have none
+            item["status"] = status
         events: list[Event] = []
         if self.conversation is not None and item["id"] in self.conversation:
             prev = self.conversation.previous_id(item["id"])
@@ -201,6 +204,9 @@ class ResponseRun:
 
     def on_tool_call(self, index: int, name: str | None, arguments: str) -> list[Event]:
         events = self._close_message("completed")
+        mcp = self.on_mcp_tool_call(index, name, arguments) if index not in self._calls else None
+        if mcp is not None:
+            return events + mcp
         call = self._calls.get(index)
         if call is None:
             item = {"id": self.ids.new("item"), "object": "realtime.item", "type": "function_call",
@@ -245,7 +251,7 @@ class ResponseRun:
             return []
         self.done = True
         item_status = "completed" if status == "completed" else "incomplete"
-        events = self._close_message(item_status) + self._close_calls(item_status)
+        events = self._close_message(item_status) + self._close_calls(item_status) + self._close_mcp()
         details: dict[str, Any] | None = None
         if status != "completed":
             details = {"type": status}

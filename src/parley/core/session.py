@@ -34,6 +34,7 @@ from ..protocol.session_config import (
 from . import context
 from .conversation import Conversation
 from .input_audio import InputAudioMixin, bytes_per_ms, wire_format
+from .mcp import McpMixin, add_usage
 from .io import (
     Close,
     Expired,
@@ -90,7 +91,7 @@ class _PendingStart:
     waiting: set[str] = field(default_factory=set)
 
 
-class Session(InputAudioMixin, PlayoutMixin):
+class Session(InputAudioMixin, PlayoutMixin, McpMixin):
     def __init__(self, setup: SessionSetup, ids: IdFactory | None = None) -> None:
         self.setup = setup
         self.ids = ids or IdFactory()
@@ -118,6 +119,7 @@ class Session(InputAudioMixin, PlayoutMixin):
         self._audio_ms: dict[str, float] = {}  # user audio item id -> duration
         self._deferred: dict[str, _PendingStart] = {}
         self._init_input_audio()
+        self._init_mcp()
         self._handlers: dict[type, Callable[[Any], list[Output]]] = {
             ProtocolError: self._on_protocol_error,
             ce.SessionUpdate: self._on_session_update,
@@ -143,6 +145,7 @@ class Session(InputAudioMixin, PlayoutMixin):
             TranscriptFailed: self._on_transcript_failed,
             TurnTranscript: self._on_turn_transcript,
             **self._playout_handlers(),
+            **self._mcp_handlers(),
         }
 
     # ---- plumbing ----------------------------------------------------------------------------
@@ -152,7 +155,7 @@ class Session(InputAudioMixin, PlayoutMixin):
         if self.dialect == "beta" and self.kind == "realtime":
             out += self._send({"type": "conversation.created",
                                "conversation": {"id": self.conversation_id, "object": "realtime.conversation"}})
-        return out
+        return out + self.import_mcp_tools(self.config.get("tools", []))[0]
 
     def handle(self, inp: Any) -> list[Output]:
         if self.closed:
@@ -220,6 +223,7 @@ class Session(InputAudioMixin, PlayoutMixin):
                                     "invalid_value", "session.tracing")
             if new.get("model") is None:
                 new["model"] = self.config["model"]
+            self.check_mcp_tools(new["tools"], "session.tools")
         temperature = getattr(ev, "temperature", None)
         if temperature is not None:
             self.temperature = temperature
@@ -227,7 +231,8 @@ class Session(InputAudioMixin, PlayoutMixin):
         self.config = new
         if turns_changed:
             self._configure_turns()
-        return [self._session_event("session.updated"), SessionChanged(copy.deepcopy(new))]
+        imported, _ = self.import_mcp_tools(new.get("tools", []))
+        return [self._session_event("session.updated"), SessionChanged(copy.deepcopy(new))] + imported
 
     # ---- conversation items ------------------------------------------------------------------
 
@@ -266,6 +271,7 @@ class Session(InputAudioMixin, PlayoutMixin):
         if item["type"] == "function_call_output" and self.conversation.find_call(item["call_id"]) is None:
             raise ProtocolError(f"Tool call with call_id '{item['call_id']}' not found in conversation.",
                                 "invalid_value", "item.call_id")
+        self.check_mcp_item(item)
         prev_req = ev.previous_item_id
         if prev_req is not None and prev_req != "root" and prev_req not in self.conversation:
             raise ProtocolError(f"Previous item with item_id '{prev_req}' not found.", "invalid_value", "previous_item_id")
@@ -279,7 +285,7 @@ class Session(InputAudioMixin, PlayoutMixin):
                 self._audio_ms[item["id"]] = self._audio_ms.get(item["id"], 0.0) + stored.duration_ms
         out = self._send({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
         out += self._send({"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)})
-        return out
+        return out + self.mcp_item_added(item)
 
     def _on_item_retrieve(self, ev: ce.ConversationItemRetrieve) -> list[Output]:
         item = self.conversation.snapshot(ev.item_id)
@@ -378,6 +384,8 @@ class Session(InputAudioMixin, PlayoutMixin):
         modality = (p.output_modalities or cfg["output_modalities"])[0]
         instructions = p.instructions if p.instructions is not None else cfg["instructions"]
         tools = plain(p.tools) if p.tools is not None else cfg["tools"]
+        if p.tools is not None:
+            self.check_mcp_tools(tools, "response.tools")
         tool_choice = plain(p.tool_choice) if p.tool_choice is not None else cfg["tool_choice"]
         max_out = p.max_output_tokens if p.max_output_tokens is not None else cfg["max_output_tokens"]
         out_cfg = cfg["audio"]["output"]
@@ -407,6 +415,10 @@ class Session(InputAudioMixin, PlayoutMixin):
                                 float(out_cfg.get("speed", 1.0)))
         pending.waiting = {i["id"] for i in items} & self.pending_transcripts
         out = self._sends(run.created())
+        if p.tools is not None:  # MCP servers named here are listed first
+            imported, listing = self.import_mcp_tools(tools)
+            out += imported
+            pending.waiting |= listing
         if pending.waiting:
             self._deferred[response_id] = pending
             return out
@@ -415,7 +427,7 @@ class Session(InputAudioMixin, PlayoutMixin):
     def _start_deferred(self) -> list[Output]:
         out: list[Output] = []
         for rid, pending in list(self._deferred.items()):
-            pending.waiting &= self.pending_transcripts
+            pending.waiting &= self.pending_transcripts | self.mcp_listing()
             if not pending.waiting:
                 del self._deferred[rid]
                 if rid in self.responses:
@@ -435,7 +447,12 @@ class Session(InputAudioMixin, PlayoutMixin):
         return out
 
     def _start(self, pending: _PendingStart) -> list[Output]:
-        run, items = pending.run, self._model_items(pending.items)
+        first = self.mcp_before_model(pending)  # approved MCP calls run before the model
+        if first is not None:
+            return first
+        run = pending.run
+        chat_tools, tool_choice = self.offer_tools(run, pending.tools, pending.tool_choice)
+        items = self.mcp_model_items(run, self._model_items(pending.items))
         max_out = run.max_output_tokens
         messages = context.items_to_messages(items)
         system = [{"role": "system", "content": pending.instructions}] if pending.instructions else []
@@ -449,13 +466,11 @@ class Session(InputAudioMixin, PlayoutMixin):
             return self._finish(run, "failed", error=err)
         kept, _dropped = fitted
         request_messages = system + kept
-        run.input_text_tokens = sum(context.message_tokens(m) for m in request_messages)
-        run.input_audio_tokens = int(sum(self._audio_ms.get(i["id"], 0.0) for i in items) / 1000
+        run.input_text_tokens += sum(context.message_tokens(m) for m in request_messages)
+        run.input_audio_tokens += int(sum(self._audio_ms.get(i["id"], 0.0) for i in items) / 1000
                                      * context.INPUT_AUDIO_TOKENS_PER_S)
-        chat_tools = context.chat_tools(pending.tools)
         request = ChatRequest(
-            messages=request_messages, tools=chat_tools,
-            tool_choice=context.chat_tool_choice(pending.tool_choice, chat_tools),
+            messages=request_messages, tools=chat_tools, tool_choice=tool_choice,
             max_tokens=max_out if isinstance(max_out, int) else None,
             temperature=pending.temperature, model=self.config.get("model"),
         )
@@ -513,11 +528,13 @@ class Session(InputAudioMixin, PlayoutMixin):
         run = self._run(inp.response_id)
         if run is None:
             return []
+        usage = add_usage(run.mcp.usage, inp.usage)  # earlier model calls of a response with MCP calls
         if inp.reason == "length":
-            return self._finish(run, "incomplete", reason="max_output_tokens", engine_usage=inp.usage)
+            return self._finish(run, "incomplete", reason="max_output_tokens", engine_usage=usage)
         if inp.reason == "content_filter":
-            return self._finish(run, "incomplete", reason="content_filter", engine_usage=inp.usage)
-        return self._finish(run, "completed", engine_usage=inp.usage)
+            return self._finish(run, "incomplete", reason="content_filter", engine_usage=usage)
+        more = self.mcp_round_done(run, usage)
+        return more if more is not None else self._finish(run, "completed", engine_usage=usage)
 
     def _on_model_failed(self, inp: ModelFailed) -> list[Output]:
         run = self._run(inp.response_id)

@@ -12,7 +12,9 @@ import string
 _ALPHABET = string.ascii_letters + string.digits
 
 # prefix -> number of random characters, as seen on the wire (realtime-protocol.md section 3.0)
-_LENGTHS = {"event": 21, "sess": 21, "conv": 21, "item": 21, "resp": 21, "call": 16}
+# `mcpr` (MCP approval requests) is short so that the docs' approval-response id
+# `mcp_approval_<request id>` fits the 32-character limit on client item ids.
+_LENGTHS = {"event": 21, "sess": 21, "conv": 21, "item": 21, "resp": 21, "call": 16, "mcpr": 14}
 
 
 class IdFactory:
