@@ -40,6 +40,7 @@ logging.getLogger("uvicorn.error").addFilter(_HideScriptedDrops())
 
 class ScriptedServer:
     name = "scripted"
+    lifespan = "off"  # "on" for apps that start things in their lifespan
 
     def __init__(self, routes: list[Route], *, port: int = 0) -> None:
         self._port = port
@@ -124,7 +125,7 @@ class ScriptedServer:
         sock.bind(("127.0.0.1", self._port))
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_config=None, log_level="warning", loop="asyncio", http="h11",
-                                lifespan="off", timeout_graceful_shutdown=1)  # fmt: skip
+                                lifespan=self.lifespan, timeout_graceful_shutdown=1)  # fmt: skip
         self._server = uvicorn.Server(config)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -20,10 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..core.io import (
+    CallMcpTool,
     ClearPlayout,
     Close,
     DetectSpeech,
     Expired,
+    ListMcpTools,
     MediaAudio,
     ModelFailed,
     Output,
@@ -44,6 +47,7 @@ from ..protocol.errors import ProtocolError
 from .limits import TokenLimiter
 from . import metrics
 from .listening import VadRunner, run_transcription
+from .mcp import McpClients
 from .media import Media, pump_microphone
 from .queues import Inbox, Outbox, SlowClient
 from .pipeline import run_response
@@ -107,6 +111,7 @@ class SessionRunner:
         self._responses: dict[str, asyncio.Task[None]] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._vad: VadRunner | None = None
+        self.mcp = McpClients(session_id=session.id)  # remote MCP servers: one client per server label
         self._tasks: list[asyncio.Task[Any]] = []
         self._close: Close | None = None
         self._abandon_outbox = False
@@ -171,6 +176,7 @@ class SessionRunner:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self._responses.clear()
+            await self.mcp.aclose()
             if self._close is not None:
                 # a client that reads nothing cannot take a close frame either: do not wait on it
                 with contextlib.suppress(Exception):
@@ -271,6 +277,10 @@ class SessionRunner:
         elif kind == "error":
             metrics.ERRORS.labels(str(event["error"].get("code"))).inc()
 
+    def _forget_response(self, response_id: str, task: asyncio.Task[None]) -> None:
+        if self._responses.get(response_id) is task:  # a response with MCP calls runs again under its id
+            del self._responses[response_id]
+
     async def _execute(self, outputs: list[Output]) -> None:
         for out in outputs:
             if isinstance(out, Send):
@@ -286,11 +296,14 @@ class SessionRunner:
                     name=out.response_id,
                 )
                 self._responses[out.response_id] = task
-                task.add_done_callback(lambda _t, rid=out.response_id: self._responses.pop(rid, None))
+                task.add_done_callback(functools.partial(self._forget_response, out.response_id))
             elif isinstance(out, StopResponse):
                 task = self._responses.pop(out.response_id, None)
                 if task is not None:
                     task.cancel()
+                self.mcp.cancel(out.response_id)
+            elif isinstance(out, (ListMcpTools, CallMcpTool)):
+                self.mcp.start(out, self.inbox.put)
             elif isinstance(out, UsageReport):
                 now = self.clock()
                 self.limiter.record(self.key_id, out.total_tokens, now)
