@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -74,6 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.engines = build_engines(settings)
+        # Everything imported and built so far lives as long as the server: move it out of the
+        # collector's reach, so full collections under load stay short (bench: a 100-180 ms
+        # pause per ~20 s at 75+ sessions without this).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
