@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,11 @@ class Keys:
         if self.check_api_key(candidate):
             return Principal(key_id(candidate or ""))
         return None
+
+
+def header_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request presents in its headers: `Authorization: Bearer <key>` or `api-key`."""
+    return bearer(headers.get("authorization")) or headers.get("api-key")
 
 
 def bearer(header: str | None) -> str | None:

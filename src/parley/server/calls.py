@@ -26,7 +26,7 @@ from ..runtime.media import Media
 from ..runtime.playout import Playout
 from ..runtime.runner import SessionRunner
 from ..transports.webrtc import IceSettings, WebRTCPeer
-from .auth import Principal, bearer
+from .auth import Principal, header_key
 from .rest import ClientSecretRequest, api_error
 from .sessions import model_refusal, new_runner, new_session, registered, session_limit_refusal
 from .state import AppState
@@ -44,6 +44,10 @@ class Call:
     principal: Principal
     task: asyncio.Task[None] | None = None
     sideband: set[Any] = field(default_factory=set)  # attached WebSockets, closed when the call ends
+
+    def open_to(self, principal: Principal) -> bool:
+        """API keys reach every call; an ephemeral key only the call it opened."""
+        return not principal.ephemeral or principal.key_id == self.principal.key_id
 
 
 def _state(request: Request) -> AppState:
@@ -83,8 +87,7 @@ async def _offer(request: Request) -> tuple[str, Any]:
 
 def _authenticate(request: Request) -> Principal | None:
     state = _state(request)
-    key = bearer(request.headers.get("authorization")) or request.headers.get("api-key")
-    return state.keys.authenticate(key, now=state.clock())
+    return state.keys.authenticate(header_key(request.headers), now=state.clock())
 
 
 async def create_call(request: Request, dialect: str) -> Response:
@@ -173,7 +176,7 @@ async def hangup(call_id: str, request: Request) -> Response:
     if principal is None:
         return api_error(401, "Incorrect API key provided.", code="invalid_api_key")
     call = state.calls.get(call_id)
-    if call is None or (principal.ephemeral and principal.key_id != call.principal.key_id):
+    if call is None or not call.open_to(principal):
         return api_error(404, f"Call '{call_id[:64]}' not found.", code="call_not_found", param="call_id")
     await call.peer.close()
     return Response(status_code=200)

@@ -15,7 +15,7 @@ from ..protocol.client_events import beta_session_to_ga
 from ..protocol.errors import ProtocolError
 from ..protocol.session_config import to_beta
 from ..protocol.strict import Strict, parse_strict
-from .auth import bearer
+from .auth import header_key
 from .state import AppState
 
 router = APIRouter()
@@ -45,7 +45,7 @@ def api_error(status: int, message: str, *, code: str | None = None, param: str 
 def _require_api_key(request: Request) -> JSONResponse | None:
     """Minting keys takes a real API key (never an ephemeral one)."""
     state = _state(request)
-    key = bearer(request.headers.get("authorization")) or request.headers.get("api-key")
+    key = header_key(request.headers)
     if state.keys.open:
         return None
     if key is None:

@@ -27,7 +27,7 @@ MAX_QUEUED_EVENTS = 2048  # events waiting for a slow sideband reader before it 
 
 async def attach_sideband(ws: WebSocket, state: AppState, principal: Principal, call_id: str) -> None:
     call = state.calls.get(call_id)
-    if call is None or (principal.ephemeral and principal.key_id != call.principal.key_id):
+    if call is None or not call.open_to(principal):
         await refuse(ws, ProtocolError(f"Call '{call_id[:64]}' not found.", "call_not_found", "call_id"), REQUEST_CLOSE)
         return
     transport = WebSocketTransport(ws)

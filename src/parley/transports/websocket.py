@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..protocol.errors import ProtocolError
 from ..protocol.ids import IdFactory
-from ..server.auth import bearer
+from ..server.auth import header_key
 
 log = logging.getLogger("parley.ws")
 
@@ -55,7 +55,7 @@ def offered_protocols(ws: WebSocket) -> list[str]:
 
 
 def presented_key(ws: WebSocket) -> str | None:
-    key = bearer(ws.headers.get("authorization")) or ws.headers.get("api-key")
+    key = header_key(ws.headers)
     if key:
         return key
     for proto in offered_protocols(ws):
