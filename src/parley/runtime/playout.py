@@ -59,10 +59,6 @@ class Playout:
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16).tobytes()
 
     @property
-    def queued_ms(self) -> float:
-        return sum((len(s.pcm) - s.pos) for s in self._queue) * 1000 / RATE
-
-    @property
     def busy(self) -> bool:
         return bool(self._queue) or bool(self._started)
 
