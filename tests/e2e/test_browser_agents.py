@@ -12,7 +12,6 @@ Needs Chromium (`apt-get install chromium chromium-driver`; the tests skip witho
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -24,33 +23,21 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.support.browser import Browser, StaticServer, chromium, chromium_path, wait_for, write_wav
+from tests.support.node import NODE_DIR, node_with
 from tests.support.parley_server import ParleyServer
 from tests.support.scripted_llm import ScriptedLLMServer, Text
 from tests.support.speech import silence
 
 TESTS = Path(__file__).resolve().parents[1]
-NODE_DIR = TESTS / "node"
 PAGE_DIR = TESTS / "browser"
 BUNDLE = PAGE_DIR / "build" / "agents.js"
-MIN_NODE = 20
 
 
 @pytest.fixture(scope="module")
 def bundle() -> Path:
     """tests/browser/build/agents.js, freshly bundled from the pinned package."""
     chromium_path()
-    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
-    if not node_bin or not npm_bin:
-        pytest.skip("node and npm are needed to bundle @openai/agents-realtime (not found on PATH)")
-    version = subprocess.run([node_bin, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    if int(version.lstrip("v").split(".")[0]) < MIN_NODE:
-        pytest.skip(f"bundling @openai/agents-realtime needs Node >= {MIN_NODE} (found {version})")
-    modules = NODE_DIR / "node_modules"
-    if not all((modules / p / "package.json").exists() for p in ("@openai/agents-realtime", "esbuild", "openai")):
-        done = subprocess.run([npm_bin, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR,
-                              capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            pytest.fail(f"npm ci in {NODE_DIR} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    _, npm_bin = node_with(("@openai/agents-realtime", "esbuild", "openai"), "to bundle @openai/agents-realtime")
     BUNDLE.unlink(missing_ok=True)
     started = time.monotonic()
     done = subprocess.run([npm_bin, "run", "--silent", "build:browser"], cwd=NODE_DIR,

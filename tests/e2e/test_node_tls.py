@@ -13,7 +13,6 @@ import datetime
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +20,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.node import NODE_DIR, node_with
 from tests.support.parley_server import ParleyServer
 from tests.support.scripted_llm import ScriptedLLMServer, Text
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SCRIPT = NODE_DIR / "realtime_text_turn.mjs"
-MIN_NODE = 20
 
 
 def _make_cert(directory: Path) -> tuple[Path, Path]:
@@ -72,19 +70,8 @@ def _make_cert(directory: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def node() -> str:
     """The `node` binary, with tests/node's pinned dependencies installed."""
-    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
-    if not node_bin or not npm_bin:
-        pytest.skip("node and npm are needed for the Node SDK test (not found on PATH)")
-    version = subprocess.run([node_bin, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    if int(version.lstrip("v").split(".")[0]) < MIN_NODE:
-        # openai 7.x declares node >=22; it is exercised here on Node 20, older ones are untested
-        pytest.skip(f"the Node SDK test needs Node >= {MIN_NODE} (found {version})")
-    if not (NODE_DIR / "node_modules" / "openai" / "package.json").exists():
-        done = subprocess.run([npm_bin, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR,
-                              capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            pytest.fail(f"npm ci in {NODE_DIR} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return node_bin
+    # openai 7.x declares node >=22; it is exercised here on Node 20, older ones are untested
+    return node_with(("openai",), "for the Node SDK test")[0]
 
 
 @pytest.fixture(scope="module")
