@@ -232,6 +232,15 @@ class PlayoutCleared:
 
 
 @dataclass(frozen=True)
+class DtmfReceived:
+    """A keypad press from a SIP caller (RFC 4733): `event` is "0"-"9", "*", "#" or "A"-"D";
+    `received_at` the Unix time in seconds when it arrived."""
+
+    event: str
+    received_at: int
+
+
+@dataclass(frozen=True)
 class McpToolsListed:
     """The tools an MCP server offers (`tools`: name, input_schema, description?, annotations?),
     or why listing failed (`error`)."""
@@ -252,4 +261,4 @@ class McpToolResult:
 
 
 RuntimeInput = (VadResult | TranscriptDelta | TranscriptDone | TranscriptFailed | TurnTranscript | ModelText | ModelToolCall | ModelAudio | ModelDone | ModelFailed | Expired
-                | MediaAudio | PlayoutStarted | PlayoutStopped | PlayoutCleared | McpToolsListed | McpToolResult)
+                | MediaAudio | PlayoutStarted | PlayoutStopped | PlayoutCleared | DtmfReceived | McpToolsListed | McpToolResult)

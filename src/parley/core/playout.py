@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol import client_events as ce
 from ..protocol.errors import ProtocolError
-from .io import ClearPlayout, MediaAudio, Output, PlayoutCleared, PlayoutStarted, PlayoutStopped
+from .io import ClearPlayout, DtmfReceived, MediaAudio, Output, PlayoutCleared, PlayoutStarted, PlayoutStopped, Send
 
 if TYPE_CHECKING:
     from .session import Session
@@ -29,7 +29,13 @@ class PlayoutMixin:
             PlayoutStarted: self._on_playout_started,
             PlayoutStopped: self._on_playout_stopped,
             PlayoutCleared: self._on_playout_cleared,
+            DtmfReceived: self._on_dtmf,
         }
+
+    def _on_dtmf(self: Session, inp: DtmfReceived) -> list[Output]:
+        # the hosted API's schema for this SIP-only event has no event_id
+        return [Send({"type": "input_audio_buffer.dtmf_event_received", "event": inp.event,
+                      "received_at": inp.received_at})]
 
     def _on_media_audio(self: Session, inp: MediaAudio) -> list[Output]:
         return self.append_audio(inp.audio)

@@ -20,6 +20,8 @@ from .playground import router as playground_router
 from .realtime_ws import realtime_websocket
 from .rest import router
 from .settings import Settings
+from .sip_calls import SipCalls
+from .sip_calls import router as sip_router
 from .state import AppState
 
 log = logging.getLogger("parley.server")
@@ -75,6 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.engines = build_engines(settings)
+        if settings.sip_port is not None:
+            state.sip = SipCalls(state)
+            await state.sip.start()
         # Everything imported and built so far lives as long as the server: move it out of the
         # collector's reach, so full collections under load stay short (bench: a 100-180 ms
         # pause per ~20 s at 75+ sessions without this).
@@ -85,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for call in list(state.calls.values()):
                 await call.peer.close()
+            if state.sip is not None:
+                await state.sip.close()
             await state.engines.aclose()
 
     if settings.ice_port_min is not None or settings.ice_port_max is not None:
@@ -102,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(calls_router)
+    app.include_router(sip_router)
     if settings.playground:
         app.include_router(playground_router)
     app.add_api_websocket_route("/v1/realtime", realtime_websocket)

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -36,10 +36,20 @@ log = logging.getLogger("parley.calls")
 router = APIRouter()
 
 
+class CallPeer(Protocol):
+    """A call's connection: a WebRTC peer, or a SIP leg (server/sip_calls.py)."""
+
+    events: Any  # the runner's transport; sideband sockets join it (`listeners`, `feed`)
+    ended: asyncio.Event
+    connected: asyncio.Event
+
+    async def close(self) -> None: ...
+
+
 @dataclass
 class Call:
     id: str
-    peer: WebRTCPeer
+    peer: CallPeer
     runner: SessionRunner
     principal: Principal
     task: asyncio.Task[None] | None = None
@@ -176,6 +186,8 @@ async def hangup(call_id: str, request: Request) -> Response:
     if principal is None:
         return api_error(401, "Incorrect API key provided.", code="invalid_api_key")
     call = state.calls.get(call_id)
+    if call is None and not principal.ephemeral and state.sip is not None and state.sip.decline(call_id):
+        return Response(status_code=200)  # a SIP call still ringing (server/sip_calls.py)
     if call is None or not call.open_to(principal):
         return api_error(404, f"Call '{call_id[:64]}' not found.", code="call_not_found", param="call_id")
     await call.peer.close()

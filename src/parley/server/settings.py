@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     ice_public_ip: str | None = None  # address to advertise when behind 1:1 NAT
     call_connect_timeout_s: float = 20.0  # a call whose media never connects is dropped
 
+    # SIP calls (a trunk or PBX sends INVITEs); see README "Phone calls (SIP)"
+    sip_port: int | None = None  # UDP and TCP; None: no SIP
+    sip_host: str | None = None  # bind address; default: `host`
+    sip_public_ip: str | None = None  # address to put in Contact and SDP when behind 1:1 NAT
+    sip_allowed_networks: CommaList = Field(default_factory=list)  # CIDRs that may send SIP; empty: any
+    sip_webhook_url: str | None = None  # realtime.call.incoming goes here; None: auto-accept
+    sip_webhook_secret: SecretStr | None = None  # "whsec_..." (Standard Webhooks)
+    sip_answer_timeout_s: float = 20.0  # a ringing call nobody accepts gets 480 after this long
+    sip_rtp_port_min: int | None = None  # UDP ports for call audio (open them in the firewall)
+    sip_rtp_port_max: int | None = None
+
     shutdown_grace_s: float = 30.0  # on SIGTERM, live sessions get this long before a 1001 close
 
     # logging
@@ -91,7 +102,7 @@ class Settings(BaseSettings):
     log_json: bool = True
     debug_log_content: bool = False
 
-    @field_validator("api_keys", "models", "cors_origins", "ice_servers", mode="before")
+    @field_validator("api_keys", "models", "cors_origins", "ice_servers", "sip_allowed_networks", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -24,7 +24,8 @@ class AppState:
     draining: bool = False  # shutting down: no new sessions
     runners: set[Any] = field(default_factory=set)
     sessions_by_key: dict[str, int] = field(default_factory=dict)
-    calls: dict[str, Any] = field(default_factory=dict)  # call id -> live WebRTC call (server/calls.py)
+    calls: dict[str, Any] = field(default_factory=dict)  # call id -> live WebRTC or SIP call (server/calls.py)
+    sip: Any = None  # the SIP entry point when PARLEY_SIP_PORT is set (server/sip_calls.py)
 
     def accepts_model(self, model: str) -> bool:
         return model in self.settings.models
