@@ -99,8 +99,9 @@ async def _stt(settings: Any) -> tuple[dict[str, STTEngine], str]:
         try:
             from .stt_pocketsphinx import PocketSphinxSTT
 
-            engines["pocketsphinx"] = PocketSphinxSTT()
-            notes.append("pocketsphinx (offline, English)")
+            # its worker processes load their decoders (~0.3 s) off the event loop
+            engines["pocketsphinx"] = await asyncio.to_thread(PocketSphinxSTT, workers=settings.stt_workers)
+            notes.append(f"pocketsphinx (offline, English; worker processes: {settings.stt_workers})")
         except (EngineError, ImportError) as exc:
             notes.append(f"pocketsphinx not available ({getattr(exc, 'message', exc)})")
     for name in ("openai", "faster-whisper", "pocketsphinx"):

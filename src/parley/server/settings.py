@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     stt_api_key: SecretStr | None = None
     stt_timeout_s: float = 30.0
     stt_threads: int | None = None
+    stt_workers: int = Field(default=1, ge=1)  # pocketsphinx decoder processes
     tts_engine: str = "auto"  # auto | kokoro | espeak | openai | none
     tts_model: str | None = None  # kokoro .onnx path or hub id; remote: model name
     tts_voices: str | None = None  # kokoro voices file
