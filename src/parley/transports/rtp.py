@@ -115,15 +115,17 @@ class CallerAudio:
         return self._frames.popleft()
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: RtpEndpoint) -> None:
-        self.endpoint = endpoint
+class Datagrams(asyncio.DatagramProtocol):
+    """A UDP socket's datagrams to a callback (RTP here, SIP in `sip.py`)."""
+
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self.on_datagram = on_datagram
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
-        self.endpoint.received(data, (addr[0], addr[1]))
+        self.on_datagram(data, (addr[0], addr[1]))
 
     def error_received(self, exc: Exception) -> None:
-        log.debug("rtp socket error: %s", exc)
+        log.debug("UDP socket error: %s", exc)  # ICMP unreachable and friends: the peer is gone
 
 
 class RtpEndpoint:
@@ -156,7 +158,8 @@ class RtpEndpoint:
         last: OSError | None = None
         for port in candidates:
             try:
-                transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), local_addr=(host, port))
+                transport, _ = await loop.create_datagram_endpoint(lambda: Datagrams(self.received),
+                                                                      local_addr=(host, port))
             except OSError as exc:
                 last = exc
                 continue

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .rtp import Datagrams
 from .sip_message import (
     IncompleteMessage,
     SipMessage,
@@ -191,7 +192,7 @@ class SipServer:
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: Datagrams(self.datagram), local_addr=(host, port))
         self.host, self.port = host, int(self._udp.get_extra_info("sockname")[1])
         self._tcp = await asyncio.start_server(self._serve_tcp, host, self.port)
         log.info("SIP listening", extra={"host": host, "port": self.port})
@@ -452,14 +453,3 @@ class SipServer:
     def forget_invite(self, invite: ServerInvite) -> None:
         if self._invites.get(invite.branch) is invite:
             del self._invites[invite.branch]
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: SipServer) -> None:
-        self.server = server
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
-        self.server.datagram(data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("SIP socket error: %s", exc)
