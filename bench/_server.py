@@ -133,21 +133,13 @@ def main() -> None:
     import uvicorn
 
     from parley.server.app import create_app
+    from parley.server.cli import uvicorn_options
     from parley.server.logs import configure
     from parley.server.settings import Settings
 
     settings = Settings(host="127.0.0.1", port=args.port)
     configure(settings.log_level, settings.log_json)
-    uvicorn.run(
-        with_probe(create_app(settings), LagProbe()),
-        host=settings.host,
-        port=settings.port,
-        ws_max_size=settings.max_event_bytes + 1024 * 1024,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    uvicorn.run(with_probe(create_app(settings), LagProbe()), **uvicorn_options(settings))
 
 
 if __name__ == "__main__":

@@ -197,6 +197,28 @@ async def test_a_session_alone_is_decided_on_the_next_loop_iteration(vad: Silero
     assert batcher.batch_sizes == {1: 1}
 
 
+async def test_while_busy_model_calls_are_spaced_and_windows_arriving_meanwhile_share_one(vad: SileroVAD) -> None:
+    """At most one call per `min_interval_s` while windows keep coming: the first window after a
+    quiet spell goes at once, later ones wait for the interval and share a call."""
+    batcher = VadBatcher(vad, min_interval_s=0.05)
+    loop = asyncio.get_running_loop()
+    assert len(await batcher.process(vad.stream(), np.zeros(512, np.int16))) == 1  # at once
+    after_first = loop.time()
+
+    async def arrive(delay: float) -> float:
+        await asyncio.sleep(delay)
+        assert len(await batcher.process(vad.stream(), np.zeros(512, np.int16))) == 1
+        return loop.time()
+
+    done = await asyncio.gather(*(arrive(d) for d in (0.0, 0.01, 0.02)))
+    assert batcher.batch_sizes == {1: 1, 3: 1}  # the three shared the second call
+    assert min(done) - after_first >= 0.04  # which waited for the interval
+    await asyncio.sleep(0.06)  # quiet again: the next window is decided at once
+    before = loop.time()
+    await batcher.process(vad.stream(), np.zeros(512, np.int16))
+    assert loop.time() - before < 0.03
+
+
 async def test_a_model_failure_reaches_every_waiting_session(vad: SileroVAD) -> None:
     class Broken:
         name = "broken"

@@ -118,7 +118,7 @@ class InputAudioMixin:
         self.buffer += audio
         self.audio_clock_ms += len(audio) / bytes_per_ms(self.input_format)
         if self.turns is not None and audio:
-            return [DetectSpeech(audio, dict(self.input_format))]
+            return [DetectSpeech(audio, self.input_format)]
         return []
 
     def _on_commit(self: Session, ev: ce.InputAudioBufferCommit) -> list[Output]:

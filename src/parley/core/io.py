@@ -69,7 +69,8 @@ class Close:
 @dataclass(frozen=True)
 class DetectSpeech:
     """Run voice activity detection on freshly appended audio (in `fmt`) and hand the speech
-    probabilities back as a `VadResult` before the next input."""
+    probabilities back as a `VadResult` before the next input (none when the audio completed no
+    VAD window: an empty result changes nothing).  `fmt` is the session's own dict: read it only."""
 
     audio: bytes
     fmt: dict[str, Any]

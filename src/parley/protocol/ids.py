@@ -18,16 +18,18 @@ _LENGTHS = {"event": 21, "sess": 21, "conv": 21, "item": 21, "resp": 21, "call":
 
 
 class IdFactory:
-    """Makes ids.  With a seed the sequence is reproducible (tests); without, it is random."""
+    """Makes ids.  With a seed the sequence is reproducible (tests); without, it is random.
+
+    These ids name events, items and responses; they are not secrets (keys and call ids come
+    from `secrets`), so a Mersenne Twister seeded from the OS is enough, and it costs one
+    `choices` call per id instead of a system call per character (every server event has one).
+    """
 
     def __init__(self, seed: int | None = None) -> None:
-        self._rng: random.Random | secrets.SystemRandom = (
-            random.Random(seed) if seed is not None else secrets.SystemRandom()
-        )
+        self._rng = random.Random(seed if seed is not None else secrets.randbits(128))
 
     def new(self, prefix: str) -> str:
-        n = _LENGTHS.get(prefix, 21)
-        return prefix + "_" + "".join(self._rng.choice(_ALPHABET) for _ in range(n))
+        return prefix + "_" + "".join(self._rng.choices(_ALPHABET, k=_LENGTHS.get(prefix, 21)))
 
     def event(self) -> str:
         return self.new("event")

@@ -207,7 +207,7 @@ class SessionRunner:
                         "event_too_large"))
                     continue
                 event = parse_client_event(message, self.session.dialect)
-                metrics.EVENTS_IN.labels("invalid" if isinstance(event, ProtocolError) else event.type).inc()
+                metrics.count(metrics.EVENTS_IN, "invalid" if isinstance(event, ProtocolError) else event.type)
                 await self.inbox.put(event)
         except Exception:
             log.debug("reader stopped", exc_info=True, extra={"session_id": self.session.id})
@@ -257,7 +257,7 @@ class SessionRunner:
 
     def _observe(self, event: dict[str, Any]) -> None:
         kind = event["type"]
-        metrics.EVENTS_OUT.labels(kind).inc()
+        metrics.count(metrics.EVENTS_OUT, kind)
         if kind.endswith("audio.delta"):
             if self._speech_end is not None:
                 metrics.SPEECH_TO_AUDIO.observe(time.monotonic() - self._speech_end)
@@ -315,7 +315,9 @@ class SessionRunner:
                 if self.engines.vad is not None:
                     if self._vad is None:
                         self._vad = VadRunner(self.engines.vad)
-                    await self._execute(self.session.handle(await self._vad.process(out.audio, out.fmt)))
+                    result = await self._vad.process(out.audio, out.fmt)
+                    if result.probabilities:  # no whole window yet: nothing for the core to decide
+                        await self._execute(self.session.handle(result))
             elif isinstance(out, Transcribe):
                 job = asyncio.create_task(run_transcription(out, self.engines.stt(out.config), self.inbox.put))
                 self._jobs.add(job)

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     voice: str = "alloy"
     session_max_minutes: float = 60
     max_event_bytes: int = 15 * 1024 * 1024
+    # permessage-deflate on WebSockets: base64 audio barely compresses (~25 %) and inflating
+    # every append and deflating every audio delta costs CPU on the server (bench: ~5 % of a
+    # busy server's time in zlib), so it is off unless asked for (e.g. for slow links)
+    ws_compression: bool = False
     tokens_per_minute: int = 40_000  # per key; over it, responses fail with rate_limit_exceeded
     max_sessions_per_key: int = 100  # concurrent sessions per key (0: no limit)
     outbox_max_bytes: int = 4 * 1024 * 1024  # unsent events per session before it waits
