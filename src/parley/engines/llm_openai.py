@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 import pydantic
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from parley.engines.errors import EngineError
 from parley.engines.llm import ChatRequest, Finished, LLMEvent, TextDelta, ToolCallDelta, Usage
@@ -77,7 +78,12 @@ class OpenAICompatibleLLM(KeylessRepr):
         (`contextlib.aclosing`) rather than leave it to the garbage collector.
         """
         try:
-            stream = await self._client.chat.completions.create(**self._params(request))
+            # The client's generic `post` (its documented way to reach any endpoint) rather than
+            # `chat.completions.create`: that one first walks every message through the SDK's
+            # TypedDict transform, ~2 ms of CPU for 10 messages and growing with the conversation,
+            # to change nothing in our plain dicts.  Retries, auth, errors and SSE parsing are the same.
+            stream = await self._client.post("/chat/completions", body=self._params(request), cast_to=ChatCompletion,
+                                             stream=True, stream_cls=openai.AsyncStream[ChatCompletionChunk])
         except Exception as exc:
             raise self._error(exc, started=False) from exc
 
