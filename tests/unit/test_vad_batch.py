@@ -22,7 +22,7 @@ from parley.engines.vad import BatchVADEngine, BatchVADStream  # noqa: E402
 from parley.engines.vad_silero import SileroStream, SileroVAD, _load_session  # noqa: E402
 from parley.runtime.listening import VadRunner  # noqa: E402
 from parley.runtime.vad_batch import VadBatcher, shared_batcher  # noqa: E402
-from tests.support.speech import add_noise, make_speech, silence  # noqa: E402
+from tests.support.speech import add_noise, make_speech, silence, to_g711  # noqa: E402
 
 RATE = 16000
 SENTENCES = ["turn off the lights in the kitchen", "what is the weather in paris today"]
@@ -298,3 +298,38 @@ async def test_vad_runners_batched_match_inline_on_24khz_wire_audio(vad: SileroV
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-6)
     direct = alone(vad, resample(speech[0], 24000, RATE))  # close to a whole-buffer resample
     assert abs(len(direct) - len(want[0])) <= 1
+
+
+async def test_telephone_audio_is_decided_at_8khz_without_resampling(vad: SileroVAD) -> None:
+    """G.711 arrives at 8 kHz, a rate Silero runs at natively: no upsampling to 16 kHz (which
+    would double the model's work to decide on invented bandwidth)."""
+    from parley.audio.formats import PCMU
+
+    speech = make_speech(SENTENCES[0], rate=24000)
+    wire = to_g711(speech.pcm, "ulaw")
+    runner = VadRunner(vad)
+    probs: list[float] = []
+    for start in range(0, len(wire), 160):  # 20 ms packets, as a phone bridge sends them
+        result = await runner.process(wire[start: start + 160], {"type": "audio/pcmu"})
+        probs += result.probabilities
+    assert runner.stream.sample_rate == 8000 and runner._resampler is None and result.window_ms == 32.0
+    np.testing.assert_allclose(probs, vad.stream(8000).process(PCMU.decode(wire)), rtol=0, atol=1e-6)
+    above = np.flatnonzero(np.array(probs) >= 0.5)
+    assert abs(above[0] * 32.0 - speech.speech_start_ms) <= 100
+    assert abs((above[-1] + 1) * 32.0 - speech.speech_end_ms) <= 100
+    # back to wideband audio: a 16 kHz stream again
+    await runner.process(bytes(960), {"type": "audio/pcm", "rate": 24000})
+    assert runner.stream.sample_rate == 16000 and runner._resampler is not None
+
+
+async def test_one_flush_decides_8_and_16_khz_streams_in_separate_calls(vad: SileroVAD,
+                                                                       clips: list[np.ndarray]) -> None:
+    batcher = VadBatcher(vad)
+    narrow = resample(clips[0], RATE, 8000)[:4096]
+    wide = clips[1][:8192]
+    got = await asyncio.gather(batcher.process(vad.stream(8000), narrow), batcher.process(vad.stream(), wide),
+                               batcher.process(vad.stream(8000), narrow))
+    np.testing.assert_allclose(got[0], vad.stream(8000).process(narrow), atol=1e-6)
+    np.testing.assert_allclose(got[2], got[0], atol=1e-6)
+    np.testing.assert_allclose(got[1], alone(vad, wide), atol=1e-6)
+    assert batcher.batch_sizes == {2: 16, 1: 16}  # 16 windows each: pairs at 8 kHz, one at 16 kHz

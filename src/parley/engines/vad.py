@@ -62,3 +62,13 @@ class BatchVADEngine(VADEngine, Protocol):
         with `waiting` >= 1) in one model call; one probability per stream, in order.  The
         result is the same as each stream deciding its window alone."""
         ...
+
+
+@runtime_checkable
+class MultiRateVADEngine(VADEngine, Protocol):
+    """An engine whose model runs natively at several rates (Silero: 16 and 8 kHz): the runtime
+    asks for a stream at the wire rate when it is one of them, instead of resampling."""
+
+    rates: tuple[int, ...]
+
+    def stream(self, sample_rate: int | None = None) -> VADStream: ...

@@ -127,18 +127,25 @@ class SileroVAD:
         self.model_path = path.resolve()
         self.sample_rate = sample_rate
 
-    def stream(self) -> SileroStream:
-        """A new stream; the first one loads the model (a few milliseconds)."""
-        return SileroStream(_load_session(self.model_path), self.sample_rate)
+    #: the rates the model decides at natively; the runtime feeds 8 kHz telephone audio as it is
+    rates = tuple(sorted(_GEOMETRY))
+
+    def stream(self, sample_rate: int | None = None) -> SileroStream:
+        """A new stream at `sample_rate` (default: the engine's); the first one loads the model
+        (a few milliseconds)."""
+        rate = sample_rate or self.sample_rate
+        if rate not in _GEOMETRY:
+            raise ValueError(f"Silero VAD runs at {sorted(_GEOMETRY)} Hz, not {rate}")
+        return SileroStream(_load_session(self.model_path), rate)
 
     def step(self, streams: Sequence[SileroStream]) -> list[float]:
         """The next waiting window of each stream, in one onnxruntime call (see the module doc);
-        the streams must be distinct, at this engine's rate, and each have a window waiting."""
+        the streams must be distinct, of this engine, at one rate, and each have a window waiting."""
         if not streams:
             return []
-        session = streams[0]._session
+        session, rate = streams[0]._session, streams[0].sample_rate
         for s in streams:
-            if s._session is not session or s.sample_rate != self.sample_rate:
+            if s._session is not session or s.sample_rate != rate:
                 raise ValueError("step() takes streams of one engine (same model and sample rate)")
             if not s.waiting:
                 raise ValueError("step() takes streams that have a whole window waiting")

@@ -22,7 +22,7 @@ from ..audio.resample import StreamResampler, resample
 from ..core.io import Transcribe, TranscriptDelta, TranscriptDone, TranscriptFailed, TurnTranscript, VadResult
 from ..engines import stt as stt_api
 from ..engines.errors import EngineError
-from ..engines.vad import VADEngine, VADStream
+from ..engines.vad import MultiRateVADEngine, VADEngine, VADStream
 from .vad_batch import VadBatcher, shared_batcher
 
 log = logging.getLogger("parley.listening")
@@ -45,18 +45,31 @@ class VadRunner:
     def __init__(self, engine: VADEngine, batcher: VadBatcher | None = _UNSET) -> None:
         self.engine = engine
         self.stream: VADStream = engine.stream()
+        self._default_rate = self.stream.sample_rate
         self._batcher = shared_batcher(engine) if batcher is VadRunner._UNSET else batcher
         self._fmt: dict[str, Any] | None = None
         self._resampler: StreamResampler | None = None
         self.window_ms = 1000.0 * self.stream.window_samples / self.stream.sample_rate
 
+    def _use_format(self, fmt: dict[str, Any]) -> None:
+        """Decode the wire format; decide at its rate when the model runs at it natively
+        (8 kHz telephone audio: no upsampling, half the model's work), else resample to the
+        stream's rate.  A change of rate starts a new stream (the old one's state is of the
+        other rate)."""
+        self._fmt = dict(fmt)
+        wire = AudioFormat.from_session(fmt)
+        self._decode = wire.decode
+        native = isinstance(self.engine, MultiRateVADEngine) and wire.rate in self.engine.rates
+        rate = wire.rate if native else self._default_rate
+        if rate != self.stream.sample_rate:
+            self.stream = self.engine.stream(rate) if native else self.engine.stream()
+        self.window_ms = 1000.0 * self.stream.window_samples / self.stream.sample_rate
+        self._resampler = (StreamResampler(wire.rate, self.stream.sample_rate, quality=VAD_RESAMPLE_QUALITY)
+                           if wire.rate != self.stream.sample_rate else None)
+
     async def process(self, audio: bytes, fmt: dict[str, Any]) -> VadResult:
         if fmt != self._fmt:
-            self._fmt = dict(fmt)
-            wire = AudioFormat.from_session(fmt)
-            self._decode = wire.decode
-            self._resampler = (StreamResampler(wire.rate, self.stream.sample_rate, quality=VAD_RESAMPLE_QUALITY)
-                               if wire.rate != self.stream.sample_rate else None)
+            self._use_format(fmt)
         pcm = self._decode(audio)
         if self._resampler is not None:
             pcm = self._resampler.push(pcm)

@@ -113,6 +113,13 @@ class VadBatcher:
         self._streams.clear()
         if self._loop is not None:
             self._last_call = self._loop.time()
+        rates: dict[int, list[_Job]] = {}  # one model call decides windows of one rate
+        for job in jobs:
+            rates.setdefault(job.stream.sample_rate, []).append(job)
+        for same_rate in rates.values():
+            self._decide(same_rate)
+
+    def _decide(self, jobs: list[_Job]) -> None:
         active = jobs
         try:
             while active:
