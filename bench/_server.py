@@ -4,8 +4,7 @@ event-loop lag probe.
 The probe is a task that sleeps `PROBE_S` in a loop and records how late it wakes up: the time
 the loop was busy with something else.  `GET /bench/lag` returns the percentiles of the samples
 since the last call (and forgets them), and the garbage collector's pauses by generation.
-`BENCH_GC_FREEZE=<s>` (a what-if, not what `parley serve` does) calls `gc.freeze()` that many
-seconds after start, once the engines are loaded.  `GET /bench/vad` returns what the VAD batchers did since
+`GET /bench/vad` returns what the VAD batchers did since
 the last call (model calls, windows, windows per call; `{}` for a server without batching).
 Nothing else differs from `parley serve`.
 
@@ -19,7 +18,6 @@ import asyncio
 import collections
 import gc
 import json
-import os
 import time
 from typing import Any
 
@@ -43,8 +41,6 @@ class LagProbe:
     def start(self) -> None:
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._run())
-            if os.environ.get("BENCH_GC_FREEZE"):  # what-if (not what `parley serve` does)
-                asyncio.get_running_loop().call_later(float(os.environ["BENCH_GC_FREEZE"]), _freeze)
 
     async def _run(self) -> None:
         while True:
@@ -67,13 +63,6 @@ class LagProbe:
         return {"count": len(data), "p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99),
                 "max_ms": round(1000 * data[-1], 3), "mean_ms": round(1000 * sum(data) / len(data), 3),
                 "gc": gc_report}
-
-
-def _freeze() -> None:
-    """Move every object alive now (modules, engines, the app) out of the collector's reach, so a
-    full collection scans only what sessions allocate since."""
-    gc.collect()
-    gc.freeze()
 
 
 def vad_stats() -> dict[str, Any]:
