@@ -93,19 +93,24 @@ class ScriptedTTSServer(ScriptedServer):
     name = "scripted TTS"
 
     def __init__(self, *, port: int = 0) -> None:
-        self._completed = 0
+        self._completed_at: list[float] = []
         super().__init__([Route("/v1/audio/speech", self._speech, methods=["POST"])], port=port)
 
     def _reset_counts(self) -> None:
         super()._reset_counts()
-        self._completed = 0
+        self._completed_at.clear()
 
     @property
     def completed(self) -> int:
         """How many streamed bodies were sent to the end."""
         with self._lock:
-            return self._completed
+            return len(self._completed_at)
 
+    @property
+    def completed_at(self) -> list[float]:
+        """When (`time.monotonic()`) each streamed body was sent to the end."""
+        with self._lock:
+            return list(self._completed_at)
 
     def wait_for(self, predicate: Any, timeout_s: float = 5.0) -> None:
         """Block until `predicate(self)` is true (e.g. `lambda s: s.disconnects == 1`)."""
@@ -153,7 +158,7 @@ class ScriptedTTSServer(ScriptedServer):
         finally:
             with self._lock:
                 if done:
-                    self._completed += 1
+                    self._completed_at.append(time.monotonic())
                 else:
                     self._disconnects += 1
 
