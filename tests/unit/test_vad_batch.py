@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from parley.engines.errors import EngineError  # noqa: E402
 from parley.engines.vad import BatchVADEngine, BatchVADStream  # noqa: E402
 from parley.engines.vad_silero import SileroStream, SileroVAD, _load_session  # noqa: E402
 from parley.runtime.listening import VadRunner  # noqa: E402
-from parley.runtime.vad_batch import VadBatcher, shared_batcher  # noqa: E402
+from parley.runtime.vad_batch import LoopLoad, VadBatcher, shared_batcher  # noqa: E402
 from tests.support.speech import add_noise, make_speech, silence, to_g711  # noqa: E402
 
 RATE = 16000
@@ -200,7 +201,7 @@ async def test_a_session_alone_is_decided_on_the_next_loop_iteration(vad: Silero
 async def test_while_busy_model_calls_are_spaced_and_windows_arriving_meanwhile_share_one(vad: SileroVAD) -> None:
     """At most one call per `min_interval_s` while windows keep coming: the first window after a
     quiet spell goes at once, later ones wait for the interval and share a call."""
-    batcher = VadBatcher(vad, min_interval_s=0.05)
+    batcher = VadBatcher(vad, min_interval_s=0.05, load=LoopLoad(busy_above=-1.0, span_s=0))  # always busy
     loop = asyncio.get_running_loop()
     assert len(await batcher.process(vad.stream(), np.zeros(512, np.int16))) == 1  # at once
     after_first = loop.time()
@@ -217,6 +218,37 @@ async def test_while_busy_model_calls_are_spaced_and_windows_arriving_meanwhile_
     before = loop.time()
     await batcher.process(vad.stream(), np.zeros(512, np.int16))
     assert loop.time() - before < 0.03
+
+
+async def test_with_cpu_to_spare_every_window_is_decided_at_once(vad: SileroVAD) -> None:
+    batcher = VadBatcher(vad, min_interval_s=0.05, load=LoopLoad(busy_above=2.0, span_s=0))  # never busy
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        before = loop.time()
+        assert len(await batcher.process(vad.stream(), np.zeros(512, np.int16))) == 1
+        assert loop.time() - before < 0.03
+    assert batcher.batch_sizes == {1: 3}
+
+
+def test_loop_load_is_the_threads_cpu_share_with_hysteresis() -> None:
+    load = LoopLoad(busy_above=0.6, idle_below=0.2, span_s=0.05)
+
+    def spend(share: float) -> None:  # a span in which the thread works `share` of the time
+        spin_until = time.monotonic() + 0.1 * share
+        while time.monotonic() < spin_until:
+            pass
+        time.sleep(0.1 * (1 - share))
+
+    spend(0.0)
+    assert not load.busy()
+    spend(1.0)
+    assert load.busy()
+    spend(0.4)  # between the thresholds: stays busy
+    assert load.busy()
+    spend(0.0)
+    assert not load.busy()
+    spend(0.4)  # and stays idle
+    assert not load.busy()
 
 
 async def test_a_model_failure_reaches_every_waiting_session(vad: SileroVAD) -> None:

@@ -15,18 +15,19 @@ has one `VadBatcher` per engine and event loop (`shared_batcher`) that collects 
   several windows (a 100 ms append holds three) takes part in as many consecutive calls, so its
   windows are decided in order.  Each future gets its session's probabilities, in audio order.
 
-* While windows keep coming, model calls are at least `min_interval_s` (5 ms) apart: a window
-  that arrives sooner after the last call waits for the rest of that interval, and every window
-  arriving meanwhile joins its call.  The first window after a quiet spell is decided at once.
+* While the event loop's thread is busy (more than half of its time in the last half second,
+  until it falls under 30 %: `LoopLoad`), model calls are at least `min_interval_s` (5 ms) apart: a window that
+  arrives sooner after the last call waits for the rest of that interval, and every window
+  arriving meanwhile joins its call.  A server with CPU to spare decides every window at once.
 
 Callers' packets do not arrive together (each client, each network path keeps its own clock), so
 the loop alone found only 1.5-3.4 windows per call with 50 simulated callers, and a window then
 cost the server ~200 µs in all (model ~120 µs at that batch, the rest the per-call and per-future
 Python around it).  With the 5 ms spacing the same load found ~8 windows per call and the
 server's CPU per session fell by ~30 % (/tmp harness of 50 callers appending noise, 2026-11-21:
-0.93 -> 0.66 % of a core).  The price is at most 5 ms on a VAD decision, and only while the
-server is busy enough to have decided another window in the last 5 ms; a server with a handful
-of sessions decides every window at once, as before.
+0.93 -> 0.66 % of a core).  The price is at most 5 ms on a VAD decision, paid only when the CPU
+it saves is scarce (a quick latency run with 10 callers, a server 16 % busy, showed the wait
+when it applied at any load).
 
 Each session keeps its own model state (the stream), and awaits its result before its runner takes
 the next input, so the core still sees every `VadResult` before the next event, as with an inline
@@ -37,6 +38,7 @@ wait for the flush: one or two iterations of the loop, i.e. the work other sessi
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,8 +51,31 @@ from ..engines.vad import BatchVADEngine, BatchVADStream, VADEngine
 __all__ = ["VadBatcher", "shared_batcher"]
 
 MAX_HOPS = 3
-#: the least time between two model calls while windows keep arriving (seconds); see the module doc
+#: the least time between two model calls while the loop is busy (seconds); see the module doc
 MIN_INTERVAL_S = 0.005
+#: the share of the loop thread's time above which it counts as busy, and below which it no
+#: longer does (batching lowers the load, which must not switch batching off again)
+BUSY_ABOVE, IDLE_BELOW = 0.5, 0.3
+
+
+class LoopLoad:
+    """Whether the event loop's thread is busy: its CPU time over wall time, measured over spans
+    of at least `span_s`, with hysteresis (call `busy` from the loop's thread)."""
+
+    def __init__(self, busy_above: float = BUSY_ABOVE, idle_below: float = IDLE_BELOW,
+                 span_s: float = 0.5) -> None:
+        self.busy_above, self.idle_below = busy_above, min(idle_below, busy_above)
+        self.span_s = span_s
+        self._since = (time.monotonic(), time.thread_time())
+        self._busy = False
+
+    def busy(self) -> bool:
+        wall, cpu = time.monotonic(), time.thread_time()
+        if wall - self._since[0] >= self.span_s and wall > self._since[0]:
+            share = (cpu - self._since[1]) / (wall - self._since[0])
+            self._busy = share > (self.idle_below if self._busy else self.busy_above)
+            self._since = (wall, cpu)
+        return self._busy
 
 
 @dataclass(eq=False)
@@ -65,10 +90,11 @@ class VadBatcher:
     engine and event loop (see the module doc)."""
 
     def __init__(self, engine: BatchVADEngine, *, max_hops: int = MAX_HOPS,
-                 min_interval_s: float = MIN_INTERVAL_S) -> None:
+                 min_interval_s: float = MIN_INTERVAL_S, load: LoopLoad | None = None) -> None:
         self.engine = engine
         self.max_hops = max_hops
         self.min_interval_s = min_interval_s
+        self.load = load or LoopLoad()
         self._last_call = float("-inf")  # loop time of the last model call
         self._jobs: list[_Job] = []
         self._streams: set[int] = set()  # id() of the streams in _jobs
@@ -89,7 +115,7 @@ class VadBatcher:
         if not self._jobs:
             self._loop, self._hops, self._seen = loop, 0, 1
             wait = self._last_call + self.min_interval_s - loop.time()
-            if wait > 0:  # busy: the windows arriving meanwhile join this call
+            if wait > 0 and self.load.busy():  # the windows arriving meanwhile join this call
                 self._hops = self.max_hops
                 loop.call_later(wait, self._tick)
             else:
