@@ -14,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import contextlib
+import random
 import re
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -79,23 +83,44 @@ def speech_file(tmp_path: Path) -> Path:
 
 
 class Sideband:
-    """A sideband WebSocket on a call: every event validated against the SDK's schema."""
+    """A sideband WebSocket on a call, read as events arrive (each validated against the SDK's
+    schema and stamped with the time it arrived)."""
 
     def __init__(self, ws: websockets.ClientConnection) -> None:
         self.ws = ws
         self.events: list[dict] = []
+        self.times: list[float] = []
+        self._arrived = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
 
-    async def until(self, kind: str, timeout: float = 15.0, nth: int = 1) -> dict:
-        """The `nth` event of type `kind` (reading more as needed)."""
-        async with asyncio.timeout(timeout):
-            while len(self.of(kind)) < nth:
-                event = json.loads(await self.ws.recv())
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                event = json.loads(raw)
                 validate_server_event(event)
                 self.events.append(event)
+                self.times.append(time.monotonic())
+                self._arrived.set()
+        finally:
+            self._arrived.set()
+
+    async def until(self, kind: str, timeout: float = 15.0, nth: int = 1) -> dict:
+        """The `nth` event of type `kind` (waiting for it as needed); ConnectionClosed when the
+        call ended first."""
+        async with asyncio.timeout(timeout):
+            while len(self.of(kind)) < nth:
+                if self._reader.done():
+                    self._reader.result()  # a schema failure surfaces here
+                    await self.ws.recv()  # raises ConnectionClosed
+                self._arrived.clear()
+                await self._arrived.wait()
         return self.of(kind)[nth - 1]
 
     def of(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
+
+    def time_of(self, event: dict) -> float:
+        return self.times[next(i for i, e in enumerate(self.events) if e is event)]
 
     async def send(self, event: dict) -> None:
         await self.ws.send(json.dumps(event))
@@ -196,6 +221,69 @@ async def test_answer_audio_comes_back_as_rtp_keys_arrive_as_dtmf_and_hangup_sen
         await sipp.stop()
 
 
+async def test_barge_in_stops_the_answer_rtp_at_once_and_truncates_at_what_was_played(
+        sip_server, webhook, http, llm, tmp_path) -> None:
+    """The caller talks over the answer: its RTP goes quiet within a packet or two of the
+    cancelled response.done, and the item keeps just the audio that went out as RTP."""
+    rtp = await RtpPeer().open()
+    sipp = await SippRun("uac_hung_up", sip_server.sip_port,
+                         keys={"rtp_ip": "127.0.0.1", "rtp_port": str(rtp.port)}).start(tmp_path)
+    try:
+        call_id = (await incoming(webhook, len(webhook.deliveries)))["data"]["call_id"]
+        vad = {**SESSION, "audio": {"input": {"turn_detection": {
+            "type": "server_vad", "silence_duration_ms": 400, "create_response": False}}}}
+        assert (await http.post(f"/realtime/calls/{call_id}/accept", json=vad)).status_code == 200
+        side = await sideband(sip_server, call_id)
+        await side.until("session.created")
+        rtp.talk(await rtp.first_heard())  # a phone sends all the time; silence until the caller speaks
+        long_reply = " ".join(f"This is sentence number {i} of a long answer." for i in range(1, 30))
+        llm.enqueue(Text(long_reply, chunk_size=8, delay_s=0.03))
+        await side.send({"type": "response.create"})
+        started = await side.until("output_audio_buffer.started", timeout=20)
+        await asyncio.sleep(1.5)  # the caller hears some of it
+        rtp.say(make_speech("stop please", rate=8000, lead_ms=100, tail_ms=800).pcm)
+        speech = await side.until("input_audio_buffer.speech_started", timeout=10)
+        done = await side.until("response.done", timeout=10)
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "turn_detected"
+        cleared = await side.until("output_audio_buffer.cleared")
+        truncated = await side.until("conversation.item.truncated")
+        item = done["response"]["output"][0]
+        assert cleared["response_id"] == done["response"]["id"] and truncated["item_id"] == item["id"]
+        await asyncio.sleep(0.6)  # RTP keeps flowing (quiet) after the barge-in
+        assert not side.of("output_audio_buffer.stopped")
+        t_cancel, t_started = side.time_of(done), side.time_of(started)
+        answer = [(t, p) for t, _, p in rtp.packets if t >= t_started - 0.1]
+        loud = [t for t, p in answer if energy(ulaw_decode(p.payload)) > 300]
+        last_loud, first_loud = max(loud), min(loud)
+        after = [t for t, _ in answer if t > t_cancel + 0.1]
+        heard_ms = 20 * sum(1 for t, _ in answer if first_loud <= t <= last_loud)
+        print(f"\nbarge-in over SIP: speech sent {1000 * (side.time_of(speech) - rtp.said_at[0]):.0f} ms before "
+              f"speech_started; last loud answer packet {1000 * (last_loud - t_cancel):+.0f} ms from the "
+              f"cancelled response.done; heard {heard_ms} ms, truncated at {truncated['audio_end_ms']} ms")
+        assert last_loud - t_cancel < 0.1
+        assert len(after) > 20  # the stream goes on, quiet: the call is still up
+        assert abs(truncated["audio_end_ms"] - heard_ms) < 150
+        await side.send({"type": "conversation.item.retrieve", "item_id": item["id"]})
+        kept = (await side.until("conversation.item.retrieved"))["item"]["content"][0]
+        kept_audio = np.frombuffer(base64.b64decode(kept["audio"]), "<i2")
+        kept_ms = len(kept_audio) / 24
+        full = item["content"][0]["transcript"]
+        print(f"the item keeps {kept_ms:.0f} ms of audio and {len(kept['transcript'])} of {len(full)} "
+              f"transcript characters")
+        assert abs(kept_ms - truncated["audio_end_ms"]) <= 20
+        assert 0 < len(kept["transcript"]) < len(full) and full.startswith(kept["transcript"])
+        heard = ulaw_decode(b"".join(p.payload for t, p in answer if first_loud <= t <= last_loud))
+        similarity = best_match(heard[800:8800], resample(kept_audio, 24000, 8000))  # a second of it, found in the item
+        print(f"the RTP the caller heard matches the kept audio with correlation {similarity:.3f}")
+        assert similarity > 0.9
+        assert (await http.post(f"/realtime/calls/{call_id}/hangup")).status_code == 200
+        assert await sipp.wait(10) == 0, sipp.messages()[-3000:]
+    finally:
+        rtp.close()
+        await sipp.stop()
+
+
 @pytest.mark.parametrize(("action", "status"), [({"status_code": 486}, 486), ({}, 603), (None, 480)])
 async def test_reject_and_no_answer_give_the_sip_status(sip_server, webhook, http, sdk, tmp_path, action,
                                                        status) -> None:
@@ -246,6 +334,156 @@ async def test_control_routes_need_an_api_key(sip_server) -> None:
             refused = await anon.post(f"/realtime/calls/rtc_{'0' * 32}/{action}", json={},
                                       headers={"Authorization": "Bearer wrong"})
             assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+
+
+def free_udp_range(n: int) -> tuple[int, int]:
+    """`n` consecutive free UDP ports on loopback."""
+    for _ in range(50):
+        first = random.randrange(20000, 30000)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(first, first + n):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    sock.bind(("127.0.0.1", port))
+            return first, first + n - 1
+        except OSError:
+            continue
+    raise RuntimeError("no free UDP port range")
+
+
+@pytest.fixture(scope="module")
+def open_server(scripted_llm) -> Iterator[ParleyServer]:
+    """No webhook (calls are accepted at once), SIP from 127.0.0.1 only, RTP on a few ports,
+    and callers silent for 1.5 s are hung up."""
+    low, high = free_udp_range(4)
+    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_LLM_MODEL": scripted_llm.model,
+           "PARLEY_STT_ENGINE": "none", "PARLEY_TTS_ENGINE": "espeak", "PARLEY_SIP_PORT": str(free_port()),
+           "PARLEY_SIP_ALLOWED_NETWORKS": "127.0.0.1/32", "PARLEY_SIP_RTP_PORT_MIN": str(low),
+           "PARLEY_SIP_RTP_PORT_MAX": str(high), "PARLEY_SIP_RTP_TIMEOUT_S": "1.5"}
+    with ParleyServer(env, name="sip-open") as server:
+        server.sip_port = int(env["PARLEY_SIP_PORT"])  # type: ignore[attr-defined]
+        server.rtp_ports = (low, high)  # type: ignore[attr-defined]
+        yield server
+
+
+async def accepted_call(server: ParleyServer, before: int, timeout: float = 10.0) -> str:
+    """The id of the next call the server accepted on its own (its log's "call accepted")."""
+    async with asyncio.timeout(timeout):
+        while True:
+            lines = [json.loads(line) for line in server.log().splitlines() if '"call accepted"' in line]
+            if len(lines) > before:
+                return str(lines[before]["call_id"])
+            await asyncio.sleep(0.02)
+
+
+def accepted_so_far(server: ParleyServer) -> int:
+    return server.log().count('"call accepted"')
+
+
+async def test_without_a_webhook_calls_are_answered_with_the_default_session_on_an_rtp_port_of_the_range(
+        open_server, llm, speech_file, tmp_path) -> None:
+    llm.enqueue(Text("Hello there."))
+    before = accepted_so_far(open_server)
+    sipp = await SippRun("uac_hung_up", open_server.sip_port,
+                         keys={"rtp_ip": "127.0.0.1", "rtp_port": str(free_udp_port())}).start(tmp_path)
+    rtp = await RtpPeer().open()
+    try:
+        call_id = await accepted_call(open_server, before)
+        side = await sideband(open_server, call_id)
+        created = await side.until("session.created")
+        assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        async with asyncio.timeout(5):
+            while "SIP/2.0 200 OK" not in sipp.messages():
+                await asyncio.sleep(0.02)
+        server_rtp = sdp_audio_address(_answer_sdp(sipp.messages()))
+        low, high = open_server.rtp_ports
+        assert low <= server_rtp[1] <= high, (server_rtp, open_server.rtp_ports)
+        # the speech comes from another port than the offer's: Parley latches onto it (symmetric RTP)
+        sent = ulaw_decode(speech_file.read_bytes())
+        rtp.talk(server_rtp)
+        rtp.say(sent)
+        await side.until("input_audio_buffer.speech_started", timeout=10)
+        committed = await side.until("input_audio_buffer.committed", timeout=15)
+        await side.send({"type": "conversation.item.retrieve", "item_id": committed["item_id"]})
+        item = (await side.until("conversation.item.retrieved"))["item"]
+        heard = np.frombuffer(base64.b64decode(item["content"][0]["audio"]), "<i2")
+        similarity = best_match(resample(heard, 24000, 8000), sent)
+        print(f"\nauto-accepted call on RTP port {server_rtp[1]} of {low}-{high}; the default session heard "
+              f"the caller (correlation {similarity:.3f})")
+        assert similarity > 0.95
+        await side.until("response.done", timeout=20)
+        rtp.close()  # the caller goes quiet without a BYE: the RTP timeout hangs up
+        assert await sipp.wait(10) == 0, sipp.messages()[-3000:]
+    finally:
+        rtp.close()
+        await sipp.stop()
+
+
+async def test_a_caller_that_goes_silent_without_bye_is_hung_up_and_its_call_freed(open_server, tmp_path) -> None:
+    rtp = await RtpPeer().open()
+    before = accepted_so_far(open_server)
+    sipp = await SippRun("uac_hung_up", open_server.sip_port,
+                         keys={"rtp_ip": "127.0.0.1", "rtp_port": str(rtp.port)}).start(tmp_path)
+    try:
+        call_id = await accepted_call(open_server, before)
+        side = await sideband(open_server, call_id)
+        await side.until("session.created")
+        server_rtp = await rtp.first_heard()
+        rtp.talk(server_rtp)
+        await asyncio.sleep(2.0)  # longer than the timeout: a caller that talks is not hung up
+        assert sipp.proc is not None and sipp.proc.returncode is None
+        rtp.stop_talking()
+        quiet_at = time.monotonic()
+        assert await sipp.wait(10) == 0, sipp.messages()[-3000:]  # Parley's BYE, answered
+        bye_after = time.monotonic() - quiet_at
+        with pytest.raises(websockets.ConnectionClosed):
+            await side.until("never", timeout=5)
+        print(f"\nthe silent caller was hung up {bye_after:.2f} s after its last RTP (timeout 1.5 s)")
+        assert 1.3 < bye_after < 2.5
+        assert "no RTP from the caller" in open_server.log()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(server_rtp)  # the call's RTP socket is closed
+        async with httpx.AsyncClient(base_url=open_server.base_url,
+                                     headers={"Authorization": f"Bearer {open_server.api_key}"}) as http:
+            assert (await http.post(f"/realtime/calls/{call_id}/hangup")).status_code == 404
+    finally:
+        rtp.close()
+        await sipp.stop()
+
+
+async def test_sip_from_outside_the_allowed_networks_is_refused(open_server, tmp_path) -> None:
+    """127.0.0.2 is loopback too, but not in PARLEY_SIP_ALLOWED_NETWORKS=127.0.0.1/32."""
+    before = accepted_so_far(open_server)
+    sipp = await SippRun("uac_refused", open_server.sip_port, local_ip="127.0.0.2",
+                         keys={"rtp_ip": "127.0.0.2", "rtp_port": "4000"}).start(tmp_path)
+    try:
+        assert await sipp.wait(10) == 0, sipp.messages()[-3000:]
+        assert "SIP/2.0 403 " in sipp.messages() and "SIP/2.0 100 " not in sipp.messages()
+    finally:
+        await sipp.stop()
+    options = ("OPTIONS sip:parley@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.2:5060;branch=z9hG4bKout\r\n"
+               "From: <sip:x@127.0.0.2>;tag=1\r\nTo: <sip:parley@127.0.0.1>\r\nCall-ID: out\r\n"
+               "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", open_server.sip_port, local_addr=("127.0.0.2", 0))
+    writer.write(options)
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"SIP/2.0 403 ")  # over TCP as well
+    writer.close()
+    malformed = b"INVITE sip:parley@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bKm\r\n" \
+                b"From: <sip:x@h>;tag=1\r\nTo: <sip:p@h>\r\nCall-ID: m\r\nCSeq: x INVITE\r\n" \
+                b"Content-Length: \xc2\xb2\r\n\r\n"
+    for source, answered in (("127.0.0.2", False), ("127.0.0.1", True)):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            sock.settimeout(1.0)
+            sock.sendto(malformed, ("127.0.0.1", open_server.sip_port))
+            try:
+                reply = sock.recv(4096)
+            except TimeoutError:
+                reply = b""
+        # a malformed message is answered 400 from an allowed address, and dropped from elsewhere
+        assert reply.startswith(b"SIP/2.0 400 ") == answered, (source, reply[:80])
+    assert accepted_so_far(open_server) == before
+    assert "Unhandled exception" not in open_server.log() and "Traceback" not in open_server.log()
 
 
 def _answer_sdp(messages: str) -> str:

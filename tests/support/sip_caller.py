@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from parley.audio.g711 import ulaw_decode
+from parley.audio.g711 import ulaw_decode, ulaw_encode
 from parley.transports.rtp import RtpPacket, dtmf_payload, parse_rtp
 from tests.support.parley_server import OUTPUT
 from tests.support.scripted_server import ScriptedServer
@@ -49,6 +49,7 @@ class SippRun:
     keys: dict[str, str] = field(default_factory=dict)
     pause_ms: int = 1000
     transport: str = "u1"  # u1: UDP, t1: TCP
+    local_ip: str = "127.0.0.1"  # where SIPp sends from (127.0.0.2 and so on are loopback too)
     media_port: int = field(default_factory=free_udp_port)  # where SIPp's rtp_stream sends from
     proc: asyncio.subprocess.Process | None = None
     log: Path | None = None
@@ -58,7 +59,7 @@ class SippRun:
         self.log = OUTPUT / f"sipp-{self.scenario}-{self.sip_port}-{time.monotonic_ns()}.log"
         self.log.unlink(missing_ok=True)
         args = [sipp_command(), f"127.0.0.1:{self.sip_port}", "-sf", str(SCENARIOS / f"{self.scenario}.xml"),
-                "-m", "1", "-l", "1", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_udp_port()),
+                "-m", "1", "-l", "1", "-i", self.local_ip, "-mi", self.local_ip, "-p", str(free_udp_port()),
                 "-t", self.transport, "-d", str(self.pause_ms), "-nostdin", "-timeout", "30", "-timeout_error",
                 "-trace_msg", "-message_file", str(self.log)]
         for key, value in self.keys.items():
@@ -88,12 +89,17 @@ class SippRun:
 
 
 class RtpPeer(asyncio.DatagramProtocol):
-    """The caller's media side in Python: records every RTP packet Parley sends, sends DTMF."""
+    """The caller's media side in Python: records every RTP packet Parley sends, sends DTMF, and
+    talks like a phone (`talk`): a u-law packet every 20 ms, silence unless it was told to `say`
+    something."""
 
     def __init__(self) -> None:
         self.packets: list[tuple[float, tuple[str, int], RtpPacket]] = []
         self.transport: asyncio.DatagramTransport | None = None
         self.port = 0
+        self.said_at: list[float] = []  # when each `say` began to go out
+        self._speech: list[np.ndarray] = []
+        self._talking: asyncio.Task[None] | None = None
 
     async def open(self) -> RtpPeer:
         loop = asyncio.get_running_loop()
@@ -123,7 +129,39 @@ class RtpPeer(asyncio.DatagramProtocol):
             packet = RtpPacket(payload_type, seq + 3 + i, timestamp, 0xD7F, dtmf_payload(digit, end=True, duration=1600))
             self.transport.sendto(packet.to_bytes(), to)
 
+    async def first_heard(self, timeout: float = 5.0) -> tuple[str, int]:
+        """Where Parley's RTP comes from (its RTP socket, where it also listens: symmetric RTP),
+        once its first packet has arrived (Parley sends from the ACK on, quiet packets too)."""
+        async with asyncio.timeout(timeout):
+            while not self.packets:
+                await asyncio.sleep(0.02)
+        return self.packets[0][1]
+
+    def talk(self, to: tuple[str, int]) -> None:
+        self._talking = asyncio.create_task(self._send_audio(to))
+
+    def say(self, pcm8k: np.ndarray) -> None:
+        self._speech.append(pcm8k)
+
+    def stop_talking(self) -> None:
+        if self._talking is not None:
+            self._talking.cancel()
+
+    async def _send_audio(self, to: tuple[str, int]) -> None:
+        assert self.transport is not None
+        seq, start, pending = 0, time.monotonic(), np.zeros(0, np.int16)
+        while True:
+            if not pending.size and self._speech:
+                pending = self._speech.pop(0)
+                self.said_at.append(time.monotonic())
+            frame, pending = pending[:160], pending[160:]
+            frame = np.concatenate([frame, np.zeros(160 - frame.size, np.int16)])
+            self.transport.sendto(RtpPacket(0, seq, seq * 160, 0x5EED, ulaw_encode(frame)).to_bytes(), to)
+            seq += 1
+            await asyncio.sleep(max(0.0, start + seq * 0.02 - time.monotonic()))
+
     def close(self) -> None:
+        self.stop_talking()
         if self.transport is not None:
             self.transport.close()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from parley.transports.rtp import dtmf_digit, dtmf_payload, parse_rtp, RtpPacket
+import numpy as np
+
+from parley.transports.rtp import Resample6, RtpPacket, dtmf_digit, dtmf_payload, parse_rtp
 from parley.transports.sdp import PCMA, PCMU, SdpError, answer, negotiate, parse_offer
 from parley.transports.sip_message import (
     IncompleteMessage,
@@ -194,3 +196,33 @@ def test_dtmf_payloads() -> None:
     assert dtmf_digit(dtmf_payload("#", end=True, duration=800)) == "#"
     assert [dtmf_digit(bytes([n, 0, 0, 0])) for n in (0, 9, 10, 11, 12, 15)] == ["0", "9", "*", "#", "A", "D"]
     assert dtmf_digit(bytes([16, 0, 0, 0])) is None and dtmf_digit(b"\x01") is None
+
+
+@pytest.mark.parametrize("bad", [b"SIP/2.0 1\xc2\xb23 OK\r\n\r\n",
+                                 b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: \xc2\xb2\r\n\r\n"])
+def test_non_ascii_digits_are_a_parse_error_not_a_crash(bad: bytes) -> None:
+    with pytest.raises(SipParseError):
+        parse(bad)
+
+
+@pytest.mark.parametrize("offer", ["v=0\r\nc=IN IP4 pbx.example.com\r\nm=audio 4000 RTP/AVP 0\r\n",
+                                   "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 70000 RTP/AVP 0\r\n",
+                                   "v=0\r\nc=IN IP4 10.0.0.1\r\nm=audio \u00b2 RTP/AVP 0\r\n"])
+def test_offers_we_could_not_send_to_are_refused(offer: str) -> None:
+    """A host name would take a blocking DNS lookup in sendto; a port over 65535 would kill the sender."""
+    with pytest.raises(SdpError):
+        parse_offer(offer)
+
+
+def test_g711_resampling_keeps_every_frame_whole_and_in_time() -> None:
+    """Each 20 ms frame comes out at once (no buffering: barge-in and the played position rely on it)."""
+    down, up = Resample6(up=False), Resample6(up=True)
+    impulse = np.zeros(960, np.int16)
+    impulse[480] = 30000
+    out = down.push(impulse)
+    assert len(out) == 160 and 80 <= int(np.argmax(out)) <= 96  # 1.8 ms of filter delay at most
+    back = up.push(np.zeros(160, np.int16))
+    assert len(back) == 960
+    tone = (8000 * np.sin(2 * np.pi * 1000 * np.arange(8000) / 8000)).astype(np.int16)
+    loud = np.concatenate([up.push(tone[i:i + 160]) for i in range(0, 8000, 160)])
+    assert abs(np.sqrt(np.mean(loud[960:].astype(float) ** 2)) / (8000 / np.sqrt(2)) - 1) < 0.02

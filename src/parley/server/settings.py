@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     sip_answer_timeout_s: float = 20.0  # a ringing call nobody accepts gets 480 after this long
     sip_rtp_port_min: int | None = None  # UDP ports for call audio (open them in the firewall)
     sip_rtp_port_max: int | None = None
+    sip_rtp_timeout_s: float = 30.0  # a call whose caller sends no RTP for this long is hung up (BYE); 0: never
 
     shutdown_grace_s: float = 30.0  # on SIGTERM, live sessions get this long before a 1001 close
 

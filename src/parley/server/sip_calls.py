@@ -60,7 +60,8 @@ class SidebandEvents(DataChannelTransport):
 class SipPeer:
     """An accepted call's media and signalling, as `Call.peer`: `close()` hangs up (BYE)."""
 
-    def __init__(self, sip: SipServer, rtp: RtpEndpoint) -> None:
+    def __init__(self, call_id: str, sip: SipServer, rtp: RtpEndpoint) -> None:
+        self.call_id = call_id
         self.sip = sip
         self.rtp = rtp
         self.events = SidebandEvents(self.close)
@@ -156,6 +157,20 @@ class SipCalls:
         if isinstance(peer, SipPeer):
             peer.connected.set()
             peer.rtp.start()
+            if self.state.settings.sip_rtp_timeout_s > 0:
+                self._spawn(self._hang_up_when_silent(peer, self.state.settings.sip_rtp_timeout_s))
+
+    async def _hang_up_when_silent(self, peer: SipPeer, timeout_s: float) -> None:
+        """A caller that vanished without BYE (crashed, lost its network) sends no more RTP: hang up."""
+        while (left := timeout_s - peer.rtp.silent_for()) > 0:
+            try:
+                await asyncio.wait_for(peer.ended.wait(), left)
+                return
+            except asyncio.TimeoutError:
+                pass
+        log.info("no RTP from the caller; hanging up", extra={"call_id": peer.call_id,
+                                                                "silent_s": round(peer.rtp.silent_for(), 1)})
+        await peer.close()
 
     def on_ack_timeout(self, dialog: Dialog) -> None:
         if isinstance(dialog.context, SipPeer):
@@ -177,7 +192,7 @@ class SipCalls:
         except SdpError as exc:
             invite.respond(488, headers=[("warning", f'304 parley "{exc}"'[:200])])
             return
-        peer.rtp.configure(chosen.codec, chosen.telephone_event, chosen.remote)
+        peer.rtp.configure(chosen.codec, chosen.telephone_event, chosen.remote, caller_sends=_caller_sends(offer))
         body = answer(offer, chosen, address=invite.flow.local[0], port=peer.rtp.port, version=2)
         invite.respond(200, body=body.encode(), headers=[("content-type", "application/sdp")])
 
@@ -187,7 +202,7 @@ class SipCalls:
         if not isinstance(peer, SipPeer) or not peer.referring:
             return
         first = request.body.decode("utf-8", "replace").strip().split("\n", 1)[0].split()
-        if len(first) >= 2 and first[0] == "SIP/2.0" and first[1].isdigit() and int(first[1]) >= 200:
+        if len(first) >= 2 and first[0] == "SIP/2.0" and first[1].isascii() and first[1].isdigit() and int(first[1]) >= 200:
             peer.referring = False
             if int(first[1]) < 300:
                 log.info("call transferred", extra={"status": int(first[1])})
@@ -254,8 +269,8 @@ class SipCalls:
             await rtp.close()
             raise _not_ringing(state, call_id)
         chosen = negotiate(ringing.offer)
-        rtp.configure(chosen.codec, chosen.telephone_event, chosen.remote)
-        peer = SipPeer(self.server, rtp)
+        rtp.configure(chosen.codec, chosen.telephone_event, chosen.remote, caller_sends=_caller_sends(ringing.offer))
+        peer = SipPeer(call_id, self.server, rtp)
         session = new_session(state, kind="realtime", dialect="ga", model=model, bound=config, media=True)
         runner = new_runner(state, session, peer.events, principal, transport_name="sip",
                             media=Media(rtp.microphone, playout))
@@ -286,6 +301,11 @@ def _not_ringing(state: AppState, call_id: str) -> CallError:
     if call_id in state.calls:
         return CallError(409, f"Call '{call_id[:64]}' has already been answered.", "call_already_accepted", "call_id")
     return CallError(404, f"Call '{call_id[:64]}' not found.", "call_not_found", "call_id")
+
+
+def _caller_sends(offer: Offer) -> bool:
+    """Whether the offer says the caller will send audio (not on hold: recvonly, inactive, port 0)."""
+    return offer.port != 0 and offer.direction in ("sendrecv", "sendonly")
 
 
 def _port_range(state: AppState) -> tuple[int, int] | None:

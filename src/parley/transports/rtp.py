@@ -23,7 +23,6 @@ import numpy as np
 
 from ..audio.formats import PCMA as PCMA_FORMAT
 from ..audio.formats import PCMU as PCMU_FORMAT
-from ..audio.resample import StreamResampler
 from ..runtime.playout import RATE, Playout
 from .sdp import PCMA, PCMU
 
@@ -85,13 +84,53 @@ def dtmf_payload(digit: str, *, end: bool, duration: int, volume: int = 10) -> b
     return struct.pack("!BBH", DTMF_EVENTS.index(digit), (0x80 if end else 0) | volume, duration)
 
 
+def _lowpass(taps: int, cutoff_hz: float, rate: int) -> np.ndarray:
+    n = np.arange(taps) - (taps - 1) / 2
+    h = np.sinc(2 * cutoff_hz / rate * n) * np.kaiser(taps, 6.0)
+    return h / h.sum()
+
+
+class Resample6:
+    """48 kHz <-> 8 kHz (a factor of 6) with a polyphase windowed-sinc FIR, chunk in, chunk out.
+
+    soxr's streams hold 20-100 ms of audio back and release it in bursts; here every 20 ms frame
+    comes out whole at once, 1.8 ms of filter delay apart.  So a barge-in that clears the playout
+    stops what the caller hears at once, and the played position is what was sent.  Chunks must
+    be whole multiples of 6 samples when going down (20 ms frames are)."""
+
+    TAPS = 174  # 29 per phase; -60 dB (Kaiser 6) from 4.3 kHz, flat to 3.4 kHz
+
+    def __init__(self, *, up: bool) -> None:
+        self.up = up
+        h = _lowpass(self.TAPS, 3800.0, RATE)
+        if up:
+            self._phases = h.reshape(-1, 6)[::-1] * 6  # [j, p]: the taps of output phase p, newest input first
+            self._history = np.zeros(self._phases.shape[0] - 1)
+        else:
+            self._taps = h
+            self._history = np.zeros(self.TAPS - 1)
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        full = np.concatenate([self._history, chunk.astype(np.float64)])
+        self._history = full[len(full) - len(self._history):]
+        if self.up:
+            windows = np.lib.stride_tricks.sliding_window_view(full, self._phases.shape[0])
+            out = (windows @ self._phases).ravel()
+        else:
+            if len(chunk) % 6:
+                raise ValueError("Resample6 takes whole multiples of 6 samples going down")
+            windows = np.lib.stride_tricks.sliding_window_view(full, self.TAPS)[::6]
+            out = windows @ self._taps
+        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
 class CallerAudio:
     """The caller's decoded audio, as the runner's `MicrophoneSource` (mono int16 at 48 kHz)."""
 
     def __init__(self) -> None:
         self._frames: deque[np.ndarray | None] = deque()
         self._arrived = asyncio.Event()
-        self._resampler = StreamResampler(G711_RATE, RATE)
+        self._resampler = Resample6(up=True)
         self.ended = False
 
     def push(self, pcm8k: np.ndarray) -> None:
@@ -122,7 +161,10 @@ class Datagrams(asyncio.DatagramProtocol):
         self.on_datagram = on_datagram
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
-        self.on_datagram(data, (addr[0], addr[1]))
+        try:
+            self.on_datagram(data, (addr[0], addr[1]))
+        except Exception:  # anyone can send a datagram: a bug it finds must cost it, not the socket
+            log.exception("handling a datagram failed")
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP socket error: %s", exc)  # ICMP unreachable and friends: the peer is gone
@@ -142,13 +184,14 @@ class RtpEndpoint:
         self.port = 0
         self.packets_in = 0
         self.packets_out = 0
+        self.heard_at = time.monotonic()  # when the caller's last RTP packet arrived (or the call began)
+        self.held = False  # the caller said it sends nothing (a=recvonly/inactive, or port 0)
         self._transport: asyncio.DatagramTransport | None = None
         self._sender: asyncio.Task[None] | None = None
         self._last_seq: int | None = None
         self._dtmf_seen: deque[tuple[int, int]] = deque(maxlen=16)  # (ssrc, timestamp) of events reported
         self._ssrc = random.getrandbits(32)
-        self._down = StreamResampler(RATE, G711_RATE)
-        self._out: np.ndarray = np.zeros(0, dtype=np.int16)
+        self._down = Resample6(up=False)
 
     async def open(self, host: str, ports: tuple[int, int] | None = None) -> int:
         """Bind the socket (in `ports`, an inclusive range, when given); return the port."""
@@ -168,14 +211,23 @@ class RtpEndpoint:
             return self.port
         raise OSError(f"no free RTP port in {ports}: {last}")
 
-    def configure(self, codec: int, telephone_event: int | None, remote: tuple[str, int]) -> None:
-        """Apply a negotiated offer (again on a re-INVITE: the caller may have moved)."""
+    def configure(self, codec: int, telephone_event: int | None, remote: tuple[str, int], *,
+                  caller_sends: bool = True) -> None:
+        """Apply a negotiated offer (again on a re-INVITE: the caller may have moved, or hold)."""
         self.codec, self.telephone_event = codec, telephone_event
         if remote != self.sdp_remote:
             self.sdp_remote, self.latched = remote, None
+        if self.held and caller_sends:
+            self.heard_at = time.monotonic()  # back from hold: its silence so far does not count
+        self.held = not caller_sends
+
+    def silent_for(self) -> float:
+        """Seconds since the caller's last RTP packet (0 while on hold: silence is expected)."""
+        return 0.0 if self.held else time.monotonic() - self.heard_at
 
     def start(self) -> None:
         if self._sender is None:
+            self.heard_at = time.monotonic()
             self._sender = asyncio.create_task(self._send_loop(), name="rtp-sender")
 
     @property
@@ -190,12 +242,12 @@ class RtpEndpoint:
 
     def received(self, data: bytes, source: tuple[str, int]) -> None:
         packet = parse_rtp(data)
-        if packet is None or packet.payload_type not in (self.codec, self.telephone_event):
+        if packet is None or self.latched not in (None, source):
+            return  # not RTP, or someone else's packets: the first source owns the stream
+        self.heard_at = time.monotonic()  # any payload type (comfort noise too) says the caller is there
+        if packet.payload_type not in (self.codec, self.telephone_event):
             return
-        if self.latched is None:
-            self.latched = source
-        elif source != self.latched:
-            return  # someone else's packets: the first source owns the stream
+        self.latched = source
         self.packets_in += 1
         if packet.payload_type == self.telephone_event:
             self._dtmf(packet)
@@ -217,12 +269,8 @@ class RtpEndpoint:
     # ---- out ---------------------------------------------------------------------------------
 
     def _next_payload(self) -> bytes:
-        """20 ms of the playout as G.711."""
-        self._out = np.concatenate([self._out, self._down.push(np.frombuffer(self.playout.next_frame(), np.int16))])
-        if len(self._out) < G711_FRAME:  # the resampler's start-up delay
-            self._out = np.concatenate([np.zeros(G711_FRAME - len(self._out), np.int16), self._out])
-        frame, self._out = self._out[:G711_FRAME], self._out[G711_FRAME:]
-        return _CODECS[self.codec].encode(frame)
+        """20 ms of the playout as G.711: what was taken from the playout is what goes out."""
+        return _CODECS[self.codec].encode(self._down.push(np.frombuffer(self.playout.next_frame(), np.int16)))
 
     async def _send_loop(self) -> None:
         seq, timestamp = random.getrandbits(16), random.getrandbits(32)

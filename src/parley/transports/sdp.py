@@ -9,6 +9,7 @@ ignored: the answer rejects other m= lines with port 0, as RFC 3264 asks.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -64,7 +65,8 @@ def parse_offer(sdp: str) -> Offer:
         current = media[-1] if media else None
         if kind == "m":
             parts = value.split()
-            if len(parts) < 4 or not parts[1].split("/")[0].isdigit():
+            port = parts[1].split("/")[0] if len(parts) >= 4 else ""
+            if not (port.isascii() and port.isdigit() and int(port) <= 65535):
                 raise SdpError(f"malformed m= line: {line[:80]!r}")
             media.append(Media(parts[0], int(parts[1].split("/")[0]), parts[2], parts[3:]))
         elif kind == "c":
@@ -93,10 +95,21 @@ def parse_offer(sdp: str) -> Offer:
     address = audio.address or session_address
     if address is None:
         raise SdpError("the offer has no connection address (c=)")
-    pts = tuple(int(f) for f in audio.formats if f.isdigit())
+    if not _ip_literal(address):
+        raise SdpError(f"the connection address is not an IP address: {address[:80]!r}")
+    pts = tuple(int(f) for f in audio.formats if f.isascii() and f.isdigit())
     event = next((pt for pt in pts if audio.rtpmap.get(pt, "").lower().startswith("telephone-event/8000")), None)
     direction = audio.direction if audio.direction != "sendrecv" else session_direction
     return Offer(address, audio.port, pts, event, direction, tuple(media))
+
+
+def _ip_literal(address: str) -> bool:
+    """Only IP addresses: a host name would need a DNS lookup (a blocking one in `sendto`)."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def negotiate(offer: Offer) -> Negotiated:

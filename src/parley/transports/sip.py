@@ -44,6 +44,7 @@ T1, T2 = 0.5, 4.0
 TIMER_H = 64 * T1  # how long a final INVITE answer waits for its ACK
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, NOTIFY"
 RESPONSE_CACHE_S = 32.0  # answers kept for retransmitted requests
+MAX_ROUTES = 1024  # remembered local addresses per caller IP (bound to 0.0.0.0)
 _LENIENT = ("via", "from", "to", "call-id", "cseq")
 
 
@@ -185,8 +186,8 @@ class SipServer:
         self._dialogs: dict[tuple[str, str], Dialog] = {}  # (call-id, our tag) -> dialog
         self._client: dict[str, asyncio.Future[SipMessage]] = {}  # branch of our request -> its answer
         self._answered: dict[tuple[str, str], tuple[float, bytes]] = {}  # (branch, method) -> answer
-        self._routes: dict[str, str] = {}
-        self._connections: set[asyncio.StreamWriter] = set()  # caller IP -> our address on the interface that reaches it
+        self._routes: dict[str, str] = {}  # caller IP -> our address on the interface that reaches it
+        self._connections: set[asyncio.StreamWriter] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -215,6 +216,8 @@ class SipServer:
         if self.host not in ("0.0.0.0", "::", ""):
             return self.host
         if remote_ip not in self._routes:
+            if len(self._routes) >= MAX_ROUTES:  # any source address can add one: keep it bounded
+                self._routes.clear()
             self._routes[remote_ip] = self._route_to(remote_ip)
         return self._routes[remote_ip]
 
@@ -227,6 +230,18 @@ class SipServer:
         return "127.0.0.1"
 
     # ---- input -------------------------------------------------------------------------------
+
+    def allows(self, ip: str) -> bool:
+        """Whether `ip` may send SIP (`sip_allowed_networks`; an IPv4-mapped IPv6 source counts as IPv4)."""
+        if not self.allowed:
+            return True
+        try:
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allowed)
 
     def datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         if not data.strip(b"\r\n"):
@@ -267,8 +282,8 @@ class SipServer:
             writer.close()
 
     def dispatch(self, msg: SipMessage, flow: Flow) -> None:
-        if self.allowed and not any(ipaddress.ip_address(flow.remote[0]) in n for n in self.allowed):
-            if msg.is_request and msg.method != "ACK":
+        if not self.allows(flow.remote[0]):
+            if msg.is_request and msg.method != "ACK" and msg.all("via"):
                 self._answer(msg, flow, 403)
             return
         try:
@@ -286,6 +301,8 @@ class SipServer:
 
     def _bad_request(self, data: bytes, flow: Flow, why: str) -> None:
         """Answer 400 to what looks like a request, if its headers say where the answer goes."""
+        if not self.allows(flow.remote[0]):
+            return
         log.info("malformed SIP message", extra={"reason": why[:120], "peer": flow.remote[0]})
         lines = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
         if not lines or lines[0].startswith("SIP/2.0") or " SIP/2.0" not in lines[0] or lines[0].startswith("ACK "):
@@ -307,7 +324,11 @@ class SipServer:
         flow.send(out)
         if request.method not in ("INVITE", "ACK"):
             now = time.monotonic()
-            self._answered = {k: v for k, v in self._answered.items() if v[0] > now}
+            while self._answered:  # oldest first (insertion order), so only the expired are looked at
+                key, (expires, _) = next(iter(self._answered.items()))
+                if expires > now:
+                    break
+                del self._answered[key]
             self._answered[(request.branch, request.method or "")] = (now + RESPONSE_CACHE_S, out)
 
     def _request(self, msg: SipMessage, flow: Flow) -> None:
@@ -377,7 +398,11 @@ class SipServer:
             self.handler.on_reinvite(dialog, invite)
             return
         invite.respond(100)
-        self.handler.on_invite(invite)
+        try:
+            self.handler.on_invite(invite)
+        except Exception:  # answered, so the transaction ends (and is forgotten) as any other
+            log.exception("handling an INVITE failed")
+            invite.respond(500)
 
     def _ack(self, msg: SipMessage) -> None:
         invite = self._invites.get(msg.branch)

@@ -83,7 +83,7 @@ class SipMessage:
     @property
     def cseq(self) -> tuple[int, str]:
         number, _, method = self.need("cseq").strip().partition(" ")
-        if not number.isdigit() or not _TOKEN.fullmatch(method.strip()):
+        if not _digits(number) or not _TOKEN.fullmatch(method.strip()):
             raise SipParseError("malformed CSeq header")
         return int(number), method.strip().upper()
 
@@ -196,7 +196,7 @@ def parse(data: bytes, *, stream: bool = False) -> tuple[SipMessage, int]:
         else:
             msg.headers.append((key, value))
     length_text = msg.get("content-length")
-    if length_text is not None and not length_text.strip().isdigit():
+    if length_text is not None and not _digits(length_text.strip()):
         raise SipParseError("malformed Content-Length")
     consumed_head = len(data) - len(rest)
     if length_text is None:
@@ -220,13 +220,18 @@ class IncompleteMessage(Exception):
 def _start_line(line: str) -> SipMessage:
     if line.startswith(SIP_VERSION + " "):
         _, code, reason = (line.split(" ", 2) + [""])[:3]
-        if not (code.isdigit() and len(code) == 3):
+        if not (_digits(code) and len(code) == 3):
             raise SipParseError(f"malformed status line: {line[:80]!r}")
         return SipMessage(status=int(code), reason=reason)
     parts = line.split(" ")
     if len(parts) != 3 or parts[2] != SIP_VERSION or not _TOKEN.fullmatch(parts[0]) or ":" not in parts[1]:
         raise SipParseError(f"malformed request line: {line[:80]!r}")
     return SipMessage(method=parts[0].upper(), uri=parts[1])
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also takes "²" and other digits `int()` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def new_tag() -> str:
