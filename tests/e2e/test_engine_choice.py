@@ -65,6 +65,7 @@ async def test_remote_stt_and_tts_servers(scripted_llm, llm) -> None:
     assert done["transcript"] == "what is the weather like today" and "".join(deltas) == done["transcript"]
     assert done["usage"]["type"] == "tokens"
     assert stt.requests[0]["model"] == "whisper-large" and stt.requests[0]["language"] == "en"
+    assert stt.requests[0]["sample_rate"] == 24000  # the session's audio as it arrived, not resampled
     assert llm.requests[-1]["messages"][-1]["content"] == "what is the weather like today"
     assert tts.requests[0]["input"] == reply and tts.requests[0]["model"] == "tts-x"
     assert tts.requests[0]["voice"] == "alloy" and tts.requests[0]["response_format"] == "pcm"

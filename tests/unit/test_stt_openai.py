@@ -47,7 +47,7 @@ async def engine(stt_server: ScriptedSTTServer) -> AsyncIterator[OpenAICompatibl
     await eng.aclose()
 
 
-async def collect(engine: OpenAICompatibleSTT, pcm: np.ndarray, **kwargs: str | None) -> tuple[list[str], Transcript]:
+async def collect(engine: OpenAICompatibleSTT, pcm: np.ndarray, **kwargs: Any) -> tuple[list[str], Transcript]:
     events = [ev async for ev in engine.transcribe(pcm, **kwargs)]
     assert isinstance(events[-1], Transcript) and sum(isinstance(e, Transcript) for e in events) == 1
     deltas = [e.text for e in events[:-1] if isinstance(e, TranscriptDelta)]
@@ -57,7 +57,7 @@ async def collect(engine: OpenAICompatibleSTT, pcm: np.ndarray, **kwargs: str | 
 
 def test_satisfies_the_interface(engine: OpenAICompatibleSTT) -> None:
     assert isinstance(engine, STTEngine)
-    assert engine.sample_rate == 16000 and engine.streams_partials
+    assert engine.sample_rate == 16000 and engine.streams_partials and engine.takes_any_rate
     assert "sk-secret" not in repr(engine)
 
 
@@ -76,6 +76,19 @@ async def test_plain_request_sends_wav_model_language_prompt(stt_server: Scripte
     assert (req["sample_rate"], req["channels"], req["sample_width"]) == (16000, 1, 2)
     assert req["audio_seconds"] == pytest.approx(1.5)
     assert req["filename"].endswith(".wav")
+
+
+@pytest.mark.parametrize("rate", [24000, 8000])
+async def test_audio_at_another_rate_is_sent_at_that_rate(stt_server: ScriptedSTTServer, rate: int) -> None:
+    """The session's own rate (24 kHz PCM, 8 kHz G.711) goes out as it is: the WAV header says
+    it, so nothing is resampled on the way."""
+    engine = await make(stt_server, stream=False)
+    stt_server.enqueue(Text("Hello."))
+    _, final = await collect(engine, tone(1.5, rate), sample_rate=rate)
+    await engine.aclose()
+    [req] = stt_server.requests
+    assert req["sample_rate"] == rate and req["audio_seconds"] == pytest.approx(1.5)
+    assert final.audio_seconds == pytest.approx(1.5)
 
 
 async def test_streams_openai_deltas(engine: OpenAICompatibleSTT, stt_server: ScriptedSTTServer) -> None:

@@ -38,3 +38,17 @@ class STTEngine(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class AnyRateSTTEngine(STTEngine, Protocol):
+    """An engine that takes audio at any rate (a server that decodes a WAV file resamples it
+    itself): when `takes_any_rate` is true, the runtime sends the user's audio as it arrived,
+    without resampling it first."""
+
+    takes_any_rate: bool
+
+    def transcribe(self, pcm: np.ndarray, *, language: str | None = None, prompt: str | None = None,
+                   sample_rate: int | None = None) -> AsyncIterator[TranscriptDelta | Transcript]:
+        """int16 mono at `sample_rate` (default: the engine's `sample_rate`)."""
+        ...

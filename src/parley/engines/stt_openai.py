@@ -62,6 +62,7 @@ class OpenAICompatibleSTT(KeylessRepr):
 
     name = "openai"
     sample_rate = SAMPLE_RATE
+    takes_any_rate = True  # the WAV file says its rate; the server resamples
 
     def __init__(
         self,
@@ -87,18 +88,22 @@ class OpenAICompatibleSTT(KeylessRepr):
         await self._client.close()
 
     async def transcribe(
-        self, pcm: np.ndarray, *, language: str | None = None, prompt: str | None = None
+        self, pcm: np.ndarray, *, language: str | None = None, prompt: str | None = None,
+        sample_rate: int | None = None,
     ) -> AsyncIterator[TranscriptDelta | Transcript]:
+        """`pcm` at `sample_rate` (default 16 kHz): the WAV file says its rate and the server
+        resamples, so the runtime sends the user's audio as it arrived (`AnyRateSTTEngine`)."""
         if self._closed:
             raise EngineError("the OpenAI-compatible STT engine is closed", code="engine_closed")
         pcm = _check_pcm(pcm)
-        seconds = pcm.size / SAMPLE_RATE
+        rate = sample_rate or SAMPLE_RATE
+        seconds = pcm.size / rate
         if pcm.size == 0:  # servers refuse an empty file; there is nothing to hear
             yield Transcript(text="", language=language, audio_seconds=0.0)
             return
         params: dict[str, Any] = {
             "model": self.model,
-            "file": ("audio.wav", wav_bytes(pcm), "audio/wav"),
+            "file": ("audio.wav", wav_bytes(pcm, rate), "audio/wav"),
             "response_format": "json",
         }
         if language:
@@ -245,7 +250,7 @@ def _check_pcm(pcm: np.ndarray) -> np.ndarray:
     pcm = np.asarray(pcm)
     if pcm.dtype != np.int16 or pcm.ndim != 1:
         raise EngineError(
-            f"expected 1-D int16 samples at {SAMPLE_RATE} Hz, got {pcm.dtype} {pcm.shape}",
+            f"expected 1-D int16 samples, got {pcm.dtype} {pcm.shape}",
             code="invalid_audio",
         )
     return pcm

@@ -78,10 +78,16 @@ class VadRunner:
         return VadResult(await self._batcher.process(self.stream, pcm), self.window_ms)  # type: ignore[arg-type]
 
 
-def to_engine_rate(audio: bytes, fmt: dict[str, Any], rate: int) -> np.ndarray:
+def for_engine(audio: bytes, fmt: dict[str, Any], engine: stt_api.STTEngine) -> tuple[np.ndarray, dict[str, Any]]:
+    """The user's audio as `engine` takes it, and the arguments that say its rate: as it arrived
+    for an engine that takes any rate (no resampling, no invented bandwidth for 8 kHz calls),
+    else resampled to the engine's rate."""
     wire = AudioFormat.from_session(fmt)
     pcm = wire.decode(audio)
-    return resample(pcm, wire.rate, rate) if wire.rate != rate else pcm
+    if getattr(engine, "takes_any_rate", False):  # stt_api.AnyRateSTTEngine
+        return pcm, {"sample_rate": wire.rate}
+    rate = engine.sample_rate
+    return (resample(pcm, wire.rate, rate) if wire.rate != rate else pcm), {}
 
 
 async def run_transcription(job: Transcribe, engine: stt_api.STTEngine | None, put: Put) -> None:
@@ -92,9 +98,9 @@ async def run_transcription(job: Transcribe, engine: stt_api.STTEngine | None, p
         if engine is None:
             raise EngineError("No speech-to-text engine is available. Configure one with PARLEY_STT_ENGINE.",
                               code="stt_unavailable")
-        pcm = to_engine_rate(job.audio, job.fmt, engine.sample_rate)
+        pcm, rate = for_engine(job.audio, job.fmt, engine)
         final: stt_api.Transcript | None = None
-        stream = engine.transcribe(pcm, language=cfg.get("language"), prompt=cfg.get("prompt"))
+        stream = engine.transcribe(pcm, language=cfg.get("language"), prompt=cfg.get("prompt"), **rate)
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for ev in stream:
                 if isinstance(ev, stt_api.TranscriptDelta) and job.item_id is not None:
