@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,8 @@ from parley.engines.errors import EngineError  # noqa: E402
 from parley.engines.vad import BatchVADEngine, BatchVADStream  # noqa: E402
 from parley.engines.vad_silero import SileroStream, SileroVAD, _load_session  # noqa: E402
 from parley.runtime.listening import VadRunner  # noqa: E402
-from parley.runtime.vad_batch import LoopLoad, VadBatcher, shared_batcher  # noqa: E402
+from parley.runtime.load import LoopLoad  # noqa: E402
+from parley.runtime.vad_batch import VadBatcher, shared_batcher  # noqa: E402
 from tests.support.speech import add_noise, make_speech, silence, to_g711  # noqa: E402
 
 RATE = 16000
@@ -228,27 +228,6 @@ async def test_with_cpu_to_spare_every_window_is_decided_at_once(vad: SileroVAD)
         assert len(await batcher.process(vad.stream(), np.zeros(512, np.int16))) == 1
         assert loop.time() - before < 0.03
     assert batcher.batch_sizes == {1: 3}
-
-
-def test_loop_load_is_the_threads_cpu_share_with_hysteresis() -> None:
-    load = LoopLoad(busy_above=0.6, idle_below=0.2, span_s=0.05)
-
-    def spend(share: float) -> None:  # a span in which the thread works `share` of the time
-        spin_until = time.monotonic() + 0.1 * share
-        while time.monotonic() < spin_until:
-            pass
-        time.sleep(0.1 * (1 - share))
-
-    spend(0.0)
-    assert not load.busy()
-    spend(1.0)
-    assert load.busy()
-    spend(0.4)  # between the thresholds: stays busy
-    assert load.busy()
-    spend(0.0)
-    assert not load.busy()
-    spend(0.4)  # and stays idle
-    assert not load.busy()
 
 
 async def test_a_model_failure_reaches_every_waiting_session(vad: SileroVAD) -> None:

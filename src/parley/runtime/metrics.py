@@ -20,6 +20,10 @@ EVENTS_OUT = Counter("parley_server_events_total", "Server events sent, by type"
 ERRORS = Counter("parley_errors_total", "Error events sent, by code", ["code"])
 RESPONSES = Counter("parley_responses_total", "Responses finished, by status", ["status"])
 SLOW_CLIENTS = Counter("parley_slow_client_closes_total", "Sessions closed because the client did not read")
+SESSIONS_REFUSED = Counter("parley_sessions_refused_total", "New sessions refused, by reason", ["reason"])
+LOOP_CPU = Gauge("parley_loop_cpu_share", "The event loop thread's CPU time over wall time, over the overload window")
+LOOP_LAG = Gauge("parley_loop_lag_seconds", "95th percentile of the event loop's lag, over the overload window")
+OVERLOADED = Gauge("parley_overloaded", "1 while new sessions are refused because the event loop is overloaded")
 
 STT_LATENCY = Histogram("parley_stt_seconds", "End of speech to final transcript", buckets=_BUCKETS)
 LLM_TTFT = Histogram("parley_llm_first_token_seconds", "LLM request to first token", buckets=_BUCKETS)

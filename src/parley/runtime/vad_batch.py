@@ -16,7 +16,7 @@ has one `VadBatcher` per engine and event loop (`shared_batcher`) that collects 
   windows are decided in order.  Each future gets its session's probabilities, in audio order.
 
 * While the event loop's thread is busy (more than half of its time in the last half second,
-  until it falls under 30 %: `LoopLoad`), model calls are at least `min_interval_s` (5 ms) apart: a window that
+  until it falls under 30 %: `LoopLoad` in runtime/load.py), model calls are at least `min_interval_s` (5 ms) apart: a window that
   arrives sooner after the last call waits for the rest of that interval, and every window
   arriving meanwhile joins its call.  A server with CPU to spare decides every window at once.
 
@@ -38,7 +38,6 @@ wait for the flush: one or two iterations of the loop, i.e. the work other sessi
 from __future__ import annotations
 
 import asyncio
-import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,35 +46,13 @@ from typing import Any
 import numpy as np
 
 from ..engines.vad import BatchVADEngine, BatchVADStream, VADEngine
+from .load import LoopLoad
 
 __all__ = ["VadBatcher", "shared_batcher"]
 
 MAX_HOPS = 3
 #: the least time between two model calls while the loop is busy (seconds); see the module doc
 MIN_INTERVAL_S = 0.005
-#: the share of the loop thread's time above which it counts as busy, and below which it no
-#: longer does (batching lowers the load, which must not switch batching off again)
-BUSY_ABOVE, IDLE_BELOW = 0.5, 0.3
-
-
-class LoopLoad:
-    """Whether the event loop's thread is busy: its CPU time over wall time, measured over spans
-    of at least `span_s`, with hysteresis (call `busy` from the loop's thread)."""
-
-    def __init__(self, busy_above: float = BUSY_ABOVE, idle_below: float = IDLE_BELOW,
-                 span_s: float = 0.5) -> None:
-        self.busy_above, self.idle_below = busy_above, min(idle_below, busy_above)
-        self.span_s = span_s
-        self._since = (time.monotonic(), time.thread_time())
-        self._busy = False
-
-    def busy(self) -> bool:
-        wall, cpu = time.monotonic(), time.thread_time()
-        if wall - self._since[0] >= self.span_s and wall > self._since[0]:
-            share = (cpu - self._since[1]) / (wall - self._since[0])
-            self._busy = share > (self.idle_below if self._busy else self.busy_above)
-            self._since = (wall, cpu)
-        return self._busy
 
 
 @dataclass(eq=False)

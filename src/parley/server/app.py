@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -19,6 +20,7 @@ from .calls import router as calls_router
 from .playground import router as playground_router
 from .realtime_ws import realtime_websocket
 from .rest import router
+from .sessions import load_guard
 from .settings import Settings
 from .sip_calls import SipCalls
 from .sip_calls import router as sip_router
@@ -85,9 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # pause per ~20 s at 75+ sessions without this).
         gc.collect()
         gc.freeze()
+        state.load = load_guard(state)
+        probe = asyncio.create_task(state.load.run(), name="load-probe")
         try:
             yield
         finally:
+            probe.cancel()
             for call in list(state.calls.values()):
                 await call.peer.close()
             if state.sip is not None:

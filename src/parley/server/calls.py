@@ -28,7 +28,8 @@ from ..runtime.runner import SessionRunner
 from ..transports.webrtc import IceSettings, WebRTCPeer
 from .auth import Principal, header_key
 from .rest import ClientSecretRequest, api_error
-from .sessions import model_refusal, new_runner, new_session, registered, session_limit_refusal
+from .sessions import (RETRY_AFTER_S, capacity_refusal, model_refusal, new_runner, new_session, registered,
+                       session_limit_refusal)
 from .state import AppState
 
 log = logging.getLogger("parley.calls")
@@ -109,6 +110,8 @@ async def create_call(request: Request, dialect: str) -> Response:
     if principal is None:
         return api_error(401, "Incorrect API key provided. Use an ephemeral key (ek_...) or an API key.",
                          code="invalid_api_key")
+    if (refusal := capacity_refusal(state)) is not None:
+        return _unavailable(refusal)
     if (refusal := session_limit_refusal(state, principal)) is not None:
         return api_error(429, refusal.message, code=refusal.code)
     try:
@@ -132,6 +135,9 @@ async def create_call(request: Request, dialect: str) -> Response:
         await peer.close()
         log.info("refused an SDP offer", extra={"reason": type(exc).__name__})
         return api_error(400, f"Invalid SDP offer: {exc}"[:300], code="invalid_offer", param="sdp")
+    if (refusal := capacity_refusal(state)) is not None:  # other calls were answered meanwhile
+        await peer.close()
+        return _unavailable(refusal)
     session = new_session(state, kind="realtime", dialect=dialect, model=model, bound=bound, media=True)
     runner = new_runner(state, session, peer.events, principal, transport_name="webrtc",
                         media=Media(peer.microphone, playout))
@@ -141,6 +147,11 @@ async def create_call(request: Request, dialect: str) -> Response:
     log.info("call answered", extra={"call_id": call.id, "session_id": session.id, "key_id": principal.key_id})
     return Response(answer, status_code=201, media_type="application/sdp",
                     headers={"Location": f"/v1/realtime/calls/{call.id}"})
+
+
+def _unavailable(refusal: ProtocolError) -> Response:
+    return api_error(503, refusal.message, code=refusal.code, kind=refusal.type,
+                     headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def _run_call(state: AppState, call: Call) -> None:

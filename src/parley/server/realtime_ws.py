@@ -9,7 +9,7 @@ from starlette.websockets import WebSocket
 from ..protocol.errors import ProtocolError
 from ..transports.websocket import WebSocketTransport, accept, presented_key, refuse, wants_beta
 from .sideband import attach_sideband
-from .sessions import model_refusal, new_runner, new_session, registered, session_limit_refusal
+from .sessions import capacity_refusal, model_refusal, new_runner, new_session, registered, session_limit_refusal
 from .state import AppState
 
 log = logging.getLogger("parley.ws")
@@ -41,7 +41,7 @@ async def realtime_websocket(ws: WebSocket) -> None:
     if query.get("call_id"):
         await attach_sideband(ws, state, principal, query["call_id"])
         return
-    if (refusal := session_limit_refusal(state, principal)) is not None:
+    if (refusal := capacity_refusal(state) or session_limit_refusal(state, principal)) is not None:
         await refuse(ws, refusal, RETRY_CLOSE)
         return
     intent = query.get("intent")

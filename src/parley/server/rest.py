@@ -16,6 +16,7 @@ from ..protocol.errors import ProtocolError
 from ..protocol.session_config import to_beta
 from ..protocol.strict import Strict, parse_strict
 from .auth import header_key
+from .sessions import saturation
 from .state import AppState
 
 router = APIRouter()
@@ -38,8 +39,9 @@ def _state(request: Request) -> AppState:
 
 
 def api_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
-              kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status)
+              kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status,
+                        headers=headers)
 
 
 def _require_api_key(request: Request) -> JSONResponse | None:
@@ -175,7 +177,11 @@ async def healthz() -> Any:
 async def readyz(request: Request) -> Any:
     state = _state(request)
     engines = state.engines
-    ready = bool(engines and engines.ready)
-    body = {"status": "ready" if ready else "not_ready", "engines": engines.all_status() if engines else {},
-            "live_sessions": state.live_sessions}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    saturated = saturation(state)  # new sessions would be refused: send callers elsewhere
+    status = "not_ready" if not (engines and engines.ready) else saturated or "ready"
+    body: dict[str, Any] = {"status": status, "engines": engines.all_status() if engines else {},
+                            "live_sessions": state.live_sessions}
+    if state.load is not None:
+        load = state.load.load
+        body["load"] = {"cpu_share": round(load.cpu_share, 3), "lag_ms": round(load.lag_s * 1000, 1)}
+    return JSONResponse(body, status_code=200 if status == "ready" else 503)

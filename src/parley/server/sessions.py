@@ -1,18 +1,32 @@
-"""Building and registering live sessions, shared by the WebSocket and WebRTC entry points."""
+"""Building, admitting and registering live sessions, shared by the WebSocket, WebRTC and SIP
+entry points.
+
+Admission: a key may hold `max_sessions_per_key` sessions; the process takes at most
+`max_sessions` (all transports) and none while its event loop is overloaded (`LoadGuard`,
+runtime/load.py).  Refusals are counted by reason; live sessions are never dropped for load.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
 
 from ..core.session import Session, SessionSetup
 from ..protocol.errors import ProtocolError
+from ..runtime.load import Load, LoadGuard
 from ..runtime.media import Media
+from ..runtime.metrics import LOOP_CPU, LOOP_LAG, OVERLOADED, SESSIONS_REFUSED, count
 from ..runtime.runner import Engines, RunnerLimits, SessionRunner, Transport
 from .auth import Principal
 from .state import AppState
+
+log = logging.getLogger("parley.load")
+
+#: what refused clients are told to wait (HTTP and SIP `Retry-After`, seconds)
+RETRY_AFTER_S = 5
 
 
 def model_refusal(state: AppState, model: str) -> ProtocolError | None:
@@ -26,9 +40,57 @@ def model_refusal(state: AppState, model: str) -> ProtocolError | None:
 def session_limit_refusal(state: AppState, principal: Principal) -> ProtocolError | None:
     limit = state.settings.max_sessions_per_key
     if limit and state.sessions_by_key.get(principal.key_id, 0) >= limit:
+        count(SESSIONS_REFUSED, "key_limit")
         return ProtocolError(f"This key already has {limit} concurrent sessions, the most allowed "
                              "(PARLEY_MAX_SESSIONS_PER_KEY).", "session_limit_exceeded")
     return None
+
+
+def open_sessions(state: AppState) -> int:
+    """Live sessions, and calls answered whose session has not started yet (or has just ended)."""
+    return state.live_sessions + sum(1 for call in state.calls.values() if call.runner not in state.runners)
+
+
+def saturation(state: AppState) -> str | None:
+    """Why the process takes no new session now ("max_sessions", "overloaded"), or None."""
+    limit = state.settings.max_sessions
+    if limit and open_sessions(state) >= limit:
+        return "max_sessions"
+    if state.load is not None and state.load.overloaded:
+        return "overloaded"
+    return None
+
+
+def capacity_refusal(state: AppState) -> ProtocolError | None:
+    """The `server_overloaded` error for a new session the process cannot take, counted by reason."""
+    reason = saturation(state)
+    if reason is None:
+        return None
+    count(SESSIONS_REFUSED, reason)
+    why = (f"is at its limit of {state.settings.max_sessions} concurrent sessions" if reason == "max_sessions"
+           else "is overloaded")
+    return ProtocolError(f"The server {why}; retry in a few seconds, or connect to another server.",
+                         "server_overloaded", type="server_error")
+
+
+def load_guard(state: AppState) -> LoadGuard:
+    """The event loop's load probe, from the settings; it logs each change and feeds /metrics."""
+    s = state.settings
+
+    def changed(overloaded: bool, load: Load) -> None:
+        extra = {"cpu_share": round(load.cpu_share, 3), "lag_ms": round(load.lag_s * 1000, 1),
+                 "live_sessions": state.live_sessions}
+        if overloaded:
+            log.warning("event loop overloaded: refusing new sessions", extra=extra)
+        else:
+            log.info("event loop no longer overloaded: taking new sessions", extra=extra)
+
+    guard = LoadGuard(cpu_above=s.overload_cpu, cpu_below=s.overload_cpu_clear, lag_above_s=s.overload_lag_ms / 1000,
+                      lag_below_s=s.overload_lag_clear_ms / 1000, window_s=s.overload_window_s, on_change=changed)
+    LOOP_CPU.set_function(lambda: guard.load.cpu_share)
+    LOOP_LAG.set_function(lambda: guard.load.lag_s)
+    OVERLOADED.set_function(lambda: float(guard.overloaded))
+    return guard
 
 
 def new_session(state: AppState, *, kind: str, dialect: str, model: str, bound: Any, media: bool = False) -> Session:

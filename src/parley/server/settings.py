@@ -78,6 +78,15 @@ class Settings(BaseSettings):
     ws_compression: bool = False
     tokens_per_minute: int = 40_000  # per key; over it, responses fail with rate_limit_exceeded
     max_sessions_per_key: int = 100  # concurrent sessions per key (0: no limit)
+    max_sessions: int = 0  # concurrent sessions in the process, all transports (0: no fixed cap)
+    # refuse new sessions while the event loop is overloaded (runtime/load.py): its thread's CPU
+    # share, or the p95 lag of a 50 ms probe, over the last window above these (0: that measure off),
+    # until both are under the clear thresholds
+    overload_cpu: float = 0.9
+    overload_cpu_clear: float = 0.75
+    overload_lag_ms: float = 50.0
+    overload_lag_clear_ms: float = 20.0
+    overload_window_s: float = Field(default=3.0, gt=0)
     outbox_max_bytes: int = 4 * 1024 * 1024  # unsent events per session before it waits
     slow_client_timeout_s: float = 10.0  # a client that reads nothing this long is closed (1013)
 

@@ -35,7 +35,7 @@ from ..transports.webrtc import DataChannelTransport
 from .auth import Principal, header_key
 from .calls import Call, _run_call
 from .rest import ClientSecretRequest, api_error
-from .sessions import model_refusal, new_runner, new_session, session_limit_refusal
+from .sessions import RETRY_AFTER_S, capacity_refusal, model_refusal, new_runner, new_session, session_limit_refusal
 from .state import AppState
 from .webhooks import deliver
 
@@ -127,6 +127,9 @@ class SipCalls:
     def on_invite(self, invite: ServerInvite) -> None:
         if self.state.draining:
             invite.respond(503)
+            return
+        if capacity_refusal(self.state) is not None:
+            invite.respond(503, headers=[("retry-after", str(RETRY_AFTER_S))])
             return
         try:
             offer = parse_offer(invite.request.body.decode("utf-8", "replace"))
@@ -250,9 +253,10 @@ class SipCalls:
         if call_id not in self.ringing:
             raise _not_ringing(state, call_id)
         model = getattr(config, "model", None) or state.settings.default_model
-        if (refusal := model_refusal(state, model) or session_limit_refusal(state, principal)) is not None:
-            raise CallError(400 if refusal.code == "invalid_model" else 429, refusal.message, refusal.code or "",
-                            refusal.param)
+        if (refusal := model_refusal(state, model) or capacity_refusal(state)
+                or session_limit_refusal(state, principal)) is not None:
+            status = {"invalid_model": 400, "server_overloaded": 503}.get(refusal.code or "", 429)
+            raise CallError(status, refusal.message, refusal.code or "", refusal.param)
         ringing = self.ringing.pop(call_id)
         ringing.timer.cancel()
         runner: SessionRunner | None = None

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..engines.registry import EngineSet
 from ..runtime.limits import TokenLimiter
+from ..runtime.load import LoadGuard
 from .auth import Keys
 from .settings import Settings
 
@@ -26,6 +27,7 @@ class AppState:
     sessions_by_key: dict[str, int] = field(default_factory=dict)
     calls: dict[str, Any] = field(default_factory=dict)  # call id -> live WebRTC or SIP call (server/calls.py)
     sip: Any = None  # the SIP entry point when PARLEY_SIP_PORT is set (server/sip_calls.py)
+    load: LoadGuard | None = None  # the event loop's load probe, while the server runs (server/sessions.py)
 
     def accepts_model(self, model: str) -> bool:
         return model in self.settings.models
