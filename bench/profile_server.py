@@ -51,18 +51,18 @@ def py_spy() -> str:
     return found
 
 
-def area_of(frames: list[str]) -> str:
+def area_of(frames: list[str], areas: list[tuple[str, list[str]]] = AREAS) -> str:
     for frame in reversed(frames):
-        for area, needles in AREAS:
+        for area, needles in areas:
             if any(n in frame for n in needles):
                 return area
     return "other"
 
 
-def summarise(raw: Path) -> dict:
+def summarise(raw: Path, areas: list[tuple[str, list[str]]] = AREAS) -> dict:
     self_t: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
-    areas: collections.Counter[str] = collections.Counter()
+    by_area: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -77,12 +77,12 @@ def summarise(raw: Path) -> dict:
         self_t[frames[-1]] += count
         for f in set(frames):
             incl[f] += count
-        areas[area_of(frames)] += count
+        by_area[area_of(frames, areas)] += count
 
     def top(c: collections.Counter[str], k: int) -> list[dict]:
         return [{"frame": f, "percent": round(100 * v / total, 1)} for f, v in c.most_common(k)]
 
-    return {"samples": total, "by_area_percent": {a: round(100 * v / total, 1) for a, v in areas.most_common()},
+    return {"samples": total, "by_area_percent": {a: round(100 * v / total, 1) for a, v in by_area.most_common()},
             "top_self": top(self_t, 25), "top_inclusive": top(incl, 40)}
 
 

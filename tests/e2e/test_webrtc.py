@@ -117,6 +117,38 @@ async def test_microphone_speech_is_heard_transcribed_and_answered(caller, llm) 
     assert llm.requests[-1]["messages"][-1] == {"role": "user", "content": completed["transcript"]}
 
 
+async def test_idle_track_sends_a_frame_per_400_ms_and_audio_after_silence_plays_at_its_stamps(caller, llm) -> None:
+    await caller.wait_for("session.created")
+    caller.send(NO_VAD)
+    await caller.wait_for("session.updated")
+    await asyncio.sleep(2.0)  # aiortc's jitter buffer hands a frame on 4 packets later: the first 100 ms are out
+    first = len(caller.heard.stamps)
+    await asyncio.sleep(2.0)
+    idle = caller.heard.stamps[first:]
+    # nothing plays: a keep-alive frame every 400 ms (as Opus DTX), not 50 frames a second, on the
+    # 20 ms grid of the sender's clock
+    assert 3 <= len(idle) <= 7, len(idle)
+    assert {(b - a) % 2**32 for (_, a), (_, b) in zip(idle, idle[1:])} == {19200}
+    llm.enqueue(Text("Sure. The kitchen lights are off now.", chunk_size=6))
+    caller.send({"type": "response.create"})
+    await caller.wait_for("output_audio_buffer.started", timeout=20)
+    _, t_stopped, _ = await caller.wait_for("output_audio_buffer.stopped", timeout=20)
+    await asyncio.sleep(0.5)
+    audible = caller.heard.audible()
+    reply = [(t, pts) for t, pts in caller.heard.stamps if audible[0] <= t <= audible[-1]]
+    # every 20 ms of the reply, contiguous, still on the same grid after the silence
+    assert {(b - a) % 2**32 for (_, a), (_, b) in zip(reply, reply[1:])} == {960}
+    assert (reply[0][1] - idle[-1][1]) % 2**32 % 960 == 0
+    # and played at its pace: arrival time - RTP time stays constant up to jitter
+    offsets = [t - ((pts - reply[0][1]) % 2**32) / RATE for t, pts in reply]
+    print(f"\n{len(idle)} frames in 2 s idle; reply: {len(reply)} frames over {audible[-1] - audible[0]:.2f} s, "
+          f"arrival - RTP time varies by {1000 * (max(offsets) - min(offsets)):.0f} ms")
+    assert max(offsets) - min(offsets) < 0.08
+    assert 1.0 < audible[-1] - audible[0] < 8.0
+    # after the reply: the 100 ms hang-over of silence, then keep-alives only
+    assert len([s for s in caller.heard.stamps if s[0] > t_stopped + 0.3]) <= 3
+
+
 async def test_barge_in_stops_playout_at_once_and_truncates_at_the_played_position(caller, llm) -> None:
     await caller.wait_for("session.created")
     caller.send({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {

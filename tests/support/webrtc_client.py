@@ -59,10 +59,12 @@ class Microphone(MediaStreamTrack):
 
 @dataclass
 class Heard:
-    """Received audio: (arrival time, peak |sample|) per frame, and the samples themselves."""
+    """Received audio: (arrival time, peak |sample|) per frame, the samples themselves, and
+    (arrival time, RTP timestamp) per received frame."""
 
     frames: list[tuple[float, int]] = field(default_factory=list)
     pcm: list[np.ndarray] = field(default_factory=list)
+    stamps: list[tuple[float, int]] = field(default_factory=list)
 
     def audible(self, threshold: int = 500) -> list[float]:
         return [t for t, peak in self.frames if peak >= threshold]
@@ -99,6 +101,7 @@ class WebRTCCaller:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            self.heard.stamps.append((time.monotonic(), int(frame.pts)))
             for f in resampler.resample(frame):
                 pcm = f.to_ndarray().reshape(-1).astype(np.int16)
                 self.heard.frames.append((time.monotonic(), int(np.abs(pcm.astype(np.int32)).max(initial=0))))

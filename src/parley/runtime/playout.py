@@ -57,6 +57,7 @@ class Playout:
         self._started: dict[str, tuple[str, int]] = {}  # response -> part, while it plays
         self._finished: set[str] = set()
         self._silence = np.zeros(FRAME_SAMPLES, dtype=np.int16).tobytes()
+        self.on_audio: Callable[[], None] | None = None  # told when audio is queued (a track that idles)
 
     @property
     def busy(self) -> bool:
@@ -72,6 +73,8 @@ class Playout:
             self._resamplers[key] = entry
         self._parts.setdefault(response_id, set()).add(key)
         self._queue_pcm(response_id, key, entry[0].push(wire.decode(audio)))
+        if self.on_audio is not None:
+            self.on_audio()
         if response_id not in self._started:
             self._started[response_id] = key
             self._on_event(PlayoutStarted(response_id))

@@ -25,8 +25,9 @@ from urllib.parse import unquote
 import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame
+from av import AudioFrame, CodecContext
 from av.audio.resampler import AudioResampler
+from av.packet import Packet
 
 from ..protocol.ids import IdFactory
 from ..runtime.playout import FRAME_SAMPLES, RATE, Playout
@@ -145,33 +146,105 @@ def too_large_for_channel(text: str, reason: str) -> str:
 # ---- media -------------------------------------------------------------------------------------
 
 
+#: after the last audio, this many frames of silence still go out (100 ms: the caller's decoder
+#: ends on silence), then the track goes quiet like Opus DTX: one silent frame every
+#: `KEEPALIVE_FRAMES` (400 ms) instead of 50 encoded frames a second
+HANGOVER_FRAMES = 5
+KEEPALIVE_FRAMES = 20
+TIME_BASE = fractions.Fraction(1, RATE)
+
+
+def opus_encoder() -> CodecContext:
+    """libopus as aiortc sets it up (stereo, 96 kb/s, VoIP), so the caller hears the same."""
+    codec = CodecContext.create("libopus", "w")
+    codec.bit_rate = 96000
+    codec.format = "s16"
+    codec.layout = "stereo"
+    codec.options = {"application": "voip"}
+    codec.sample_rate = RATE
+    codec.time_base = TIME_BASE
+    return codec
+
+
+def sends_opus(answer_sdp: str) -> bool:
+    """Whether the first (sending) codec of the answer's audio section is Opus."""
+    media = re.search(r"^m=audio \S+ \S+ (\d+)", answer_sdp, flags=re.M)
+    return media is not None and re.search(
+        rf"^a=rtpmap:{media.group(1)} opus/", answer_sdp, flags=re.M | re.I) is not None
+
+
 class PlayoutTrack(MediaStreamTrack):
-    """Our outgoing audio: one 20 ms frame of the playout per tick of a real-time clock."""
+    """Our outgoing audio: one 20 ms frame of the playout per tick of a real-time clock.
+
+    With `encode_opus` (the call negotiated Opus) the track encodes its frames itself and hands
+    aiortc packets: no executor thread per frame, and RTP timestamps that are exactly the tick's
+    sample position, so frames can be skipped while nothing plays (see `HANGOVER_FRAMES`) and
+    audio that resumes is stamped where it plays.  Otherwise aiortc encodes the frames.
+    """
 
     kind = "audio"
 
     def __init__(self, playout: Playout) -> None:
         super().__init__()
         self.playout = playout
+        self.encode_opus = False
         self._start: float | None = None
         self._samples = 0
+        self._quiet = 0  # frames sent since the playout last had audio
+        self._wake = asyncio.Event()
+        playout.on_audio = self._wake.set
+        self._encoder: CodecContext | None = None
+        self._stereo = np.empty(2 * FRAME_SAMPLES, dtype=np.int16)
 
-    async def recv(self) -> AudioFrame:
+    async def recv(self) -> AudioFrame | Packet:
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
             self._start = time.monotonic()
         else:
             self._samples += FRAME_SAMPLES
+            if self.encode_opus and self._quiet >= HANGOVER_FRAMES and not self.playout.busy:
+                await self._idle()
             wait = self._start + self._samples / RATE - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(self.playout.next_frame())
+        pcm = self.playout.next_frame()
+        self._quiet = 0 if self.playout.busy else self._quiet + 1
+        return self._encode(pcm) if self.encode_opus else self._frame(pcm, "mono")
+
+    async def _idle(self) -> None:
+        """Skip ticks until audio is queued (then it goes out on the next tick, as it would have)
+        or the next keep-alive frame is due, staying on the 20 ms grid."""
+        keepalive = self._samples + (KEEPALIVE_FRAMES - 1) * FRAME_SAMPLES
+        self._wake.clear()
+        if not self.playout.busy:
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._start + keepalive / RATE - time.monotonic()))
+            except asyncio.TimeoutError:
+                self._samples = keepalive
+                return
+        elapsed = int((time.monotonic() - self._start) * RATE)
+        self._samples = max(self._samples, min(keepalive, -(-elapsed // FRAME_SAMPLES) * FRAME_SAMPLES))
+
+    def _frame(self, pcm: bytes | np.ndarray, layout: str) -> AudioFrame:
+        frame = AudioFrame(format="s16", layout=layout, samples=FRAME_SAMPLES)
+        frame.planes[0].update(pcm)
         frame.pts = self._samples
         frame.sample_rate = RATE
-        frame.time_base = fractions.Fraction(1, RATE)
+        frame.time_base = TIME_BASE
         return frame
+
+    def _encode(self, pcm: bytes) -> Packet:
+        if self._encoder is None:
+            self._encoder = opus_encoder()
+        mono = np.frombuffer(pcm, dtype=np.int16)
+        self._stereo[0::2] = mono
+        self._stereo[1::2] = mono
+        packets = self._encoder.encode(self._frame(self._stereo, "stereo"))
+        packet = packets[0]  # libopus returns one packet per 20 ms frame
+        packet.pts = self._samples  # its audio lags this by the codec delay, as it always does
+        packet.time_base = TIME_BASE
+        return packet
 
 
 class RemoteMicrophone:
@@ -179,7 +252,7 @@ class RemoteMicrophone:
 
     def __init__(self) -> None:
         self._track: asyncio.Future[MediaStreamTrack | None] = asyncio.get_running_loop().create_future()
-        self._resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
+        self._resampler: AudioResampler | None = None
 
     def set_track(self, track: MediaStreamTrack | None) -> None:
         if not self._track.done():
@@ -193,6 +266,14 @@ class RemoteMicrophone:
             frame = await track.recv()
         except MediaStreamError:
             return None
+        if frame.format.name == "s16" and frame.sample_rate == RATE and frame.layout.name in ("mono", "stereo"):
+            pcm = frame.to_ndarray().reshape(-1)
+            if frame.layout.name == "mono":
+                return pcm
+            both = pcm.astype(np.int32)  # what aiortc's Opus decoder gives: interleaved stereo
+            return ((both[0::2] + both[1::2]) >> 1).astype(np.int16)
+        if self._resampler is None:
+            self._resampler = AudioResampler(format="s16", layout="mono", rate=RATE)
         chunks = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
         return np.concatenate(chunks).astype(np.int16, copy=False) if chunks else np.zeros(0, dtype=np.int16)
 
@@ -234,9 +315,13 @@ class WebRTCPeer:
     async def answer(self, offer_sdp: str) -> str:
         """Take the caller's SDP offer; return our answer (ICE candidates included)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        track = None
         if any(t.kind == "audio" for t in self.pc.getTransceivers()):
-            self.pc.addTrack(PlayoutTrack(self.playout))
+            track = PlayoutTrack(self.playout)
+            self.pc.addTrack(track)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        if track is not None:
+            track.encode_opus = sends_opus(self.pc.localDescription.sdp)
         return with_public_address(self.pc.localDescription.sdp, self.ice.public_ip)
 
     async def close(self) -> None:
