@@ -101,8 +101,8 @@ def start_server(pin: bool) -> ParleyProc:
 
 
 async def run(steps: list[int], seconds: float, pin: bool) -> dict[str, Any]:
+    server_cpus = cpu_plan(pin)[0]  # before start_server pins this process to the other cores
     server = start_server(pin)
-    server_cpus = cpu_plan(pin)[0]
     try:
         idle = server.usage()
         results = []
