@@ -219,6 +219,32 @@ async def test_a_killed_worker_fails_its_turn_and_is_replaced(speech: dict[str, 
         await engine.aclose()
 
 
+async def test_a_hung_worker_fails_its_turn_in_time_and_is_replaced(speech: dict[str, np.ndarray]) -> None:
+    """A worker that stops answering (here: stopped with SIGSTOP mid-turn) is killed once its
+    answer is overdue, and the next turn runs on a fresh one."""
+    engine = PocketSphinxSTT()
+    try:
+        [worker] = engine._pool._workers  # type: ignore[union-attr]
+        worker.hang_base_s, worker.hang_per_audio_s = 1.0, 0.0
+        [pid] = engine.worker_pids
+        long = np.concatenate([speech[t] for t in SENTENCES] * 4)  # ~10 s of decoding
+        task = asyncio.create_task(run(engine, long))
+        await asyncio.sleep(0.3)
+        os.kill(pid, signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(EngineError) as info:
+            await asyncio.wait_for(task, 5)
+        waited = time.monotonic() - began
+        print(f"  {info.value.message} (after {waited:.2f} s)")
+        assert info.value.code == "stt_timeout" and info.value.retryable and waited < 2.0
+        [new_pid] = engine.worker_pids
+        assert new_pid != pid and gone(pid)
+        _, final = await asyncio.wait_for(run(engine, speech[SENTENCES[0]]), 10)
+        assert final.text  # the replacement decodes
+    finally:
+        await engine.aclose()
+
+
 async def test_workers_decode_in_parallel_and_aclose_reaps_them(speech: dict[str, np.ndarray]) -> None:
     engine = PocketSphinxSTT(workers=2)
     pids = engine.worker_pids

@@ -31,6 +31,11 @@ from parley.engines.errors import EngineError
 from parley.engines.stt_pocketsphinx_worker import TURN, read_frame, write_frame
 
 START_TIMEOUT_S = 30.0  # for a worker to load its decoder (~0.25 s when the machine is idle)
+# A turn's answer is due within this long (pocketsphinx decodes at ~0.2x real time): a worker that
+# has not answered by then is hung (a decoder stuck, a process stopped), so it is killed and
+# replaced and its turn fails, instead of holding its slot for ever.
+HANG_BASE_S, HANG_PER_AUDIO_S = 10.0, 2.0
+_BYTES_PER_S = 2 * 16000  # int16 at 16 kHz
 STOP_TIMEOUT_S = 2.0  # after SIGTERM, before SIGKILL
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding `parley`
 
@@ -47,6 +52,7 @@ class SphinxWorker:
 
     def __init__(self, config: bytes) -> None:
         self._config = config
+        self.hang_base_s, self.hang_per_audio_s = HANG_BASE_S, HANG_PER_AUDIO_S
         self._lock = threading.Lock()  # guards proc and stopped against stop() from another thread
         self._abort_lock = threading.Lock()  # guards _abort_w against abort() from another thread
         self._abort_w = -1
@@ -117,6 +123,9 @@ class SphinxWorker:
             write_frame(self._in, b"D", TURN.pack(turn) + audio)
         except BrokenPipeError:
             self._lost()
+        due_s = self.hang_base_s + self.hang_per_audio_s * len(audio) / _BYTES_PER_S
+        if not select.select([self._out], [], [], due_s)[0]:
+            self._hung(due_s)
         kind, payload = self._reply()
         if kind == b"E":
             raise EngineError(**json.loads(payload))
@@ -142,6 +151,12 @@ class SphinxWorker:
         message = f"the pocketsphinx worker (pid {self.pid}) died ({how}); this transcription is lost"
         self._restart()
         raise WorkerLost(message)
+
+    def _hung(self, due_s: float) -> Any:
+        pid = self.pid
+        self._restart()  # kills it first
+        raise EngineError(f"the pocketsphinx worker (pid {pid}) did not answer within {due_s:.1f} s; it was "
+                          "replaced and this transcription is lost", code="stt_timeout", retryable=True)
 
     def _restart(self) -> None:
         self._end()
