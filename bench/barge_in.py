@@ -18,7 +18,7 @@ speaking again, over it.  Per barge-in, in ms:
   (`audio_start_ms` + prefix padding + the 64 ms of speech it requires) minus the true onset;
 * `beyond_vad_ms`: `to_done_ms - vad_onset_delay_ms`, the issue's measure (target: at most
   30 ms).  It holds the 20 ms packetisation of the caller's audio, the delay of the server's
-  streaming resampler (24 -> 16 kHz for the VAD; soxr releases output in blocks, 7-36 ms late)
+  streaming resampler (24 -> 16 kHz for the VAD; soxr's QQ quality, ~0.1 ms late)
   and the server's processing;
 * `audio_wait_ms`: from the onset chunk to the chunk that completed the VAD's decision (real
   time the decision had to wait for audio: VAD delay + packetisation + resampler delay);

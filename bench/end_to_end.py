@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/end_to_end.py [--quick] [--sessions 1,4] [--pin]
 
-Parley runs pocketsphinx (STT, in process, PARLEY_STT_ENGINE=pocketsphinx), espeak-ng (TTS, in
-process) and real Silero VAD; the LLM is the fixed-latency server of bench/fixed_engines.py
+Parley runs pocketsphinx (STT, in its worker process, PARLEY_STT_ENGINE=pocketsphinx), espeak-ng
+(TTS, in process) and real Silero VAD; the LLM is the fixed-latency server of bench/fixed_engines.py
 (first token, holding the whole first sentence, after 100 ms).  Callers speak flite test speech
 at real-time pace (server_vad, silence 500 ms, transcription on, so the transcript event marks
 the end of the STT stage at the client).
@@ -19,7 +19,7 @@ Per turn, from client timestamps (ms):
 From the server's /metrics (means over the run): `parley_stt_seconds`,
 `parley_llm_first_token_seconds`, `parley_tts_first_audio_seconds` (clause -> first audio chunk
 from the engine), `parley_speech_end_to_first_audio_seconds`.
-By default nothing is pinned: the embedded engines run in threads and may use both cores.
+By default nothing is pinned: espeak-ng's thread and the pocketsphinx worker may use both cores.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def wer(reference: str, hypothesis: str) -> float:
 
 def loop_stall(clip_text: str = SENTENCE) -> dict[str, dict[str, float]]:
     """Do the embedded engines stall the event loop?  Each engine runs in this process as the
-    server runs it (its own worker thread), while a probe task measures how late a 5 ms sleep
+    server runs it (espeak-ng in its worker thread, pocketsphinx in its worker process), while a probe task measures how late a 5 ms sleep
     wakes up.  An engine that holds the GIL inside C code stalls every session of the server."""
     from parley.engines.stt_pocketsphinx import PocketSphinxSTT
     from parley.engines.tts_espeak import EspeakTTS

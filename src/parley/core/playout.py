@@ -1,4 +1,4 @@
-"""Sessions whose audio travels as media (WebRTC), not as JSON deltas: a mixin of `Session`.
+"""Sessions whose audio travels as media (WebRTC, SIP), not as JSON deltas: a mixin of `Session`.
 
 The client of such a session hears response audio from a media track that the runtime plays
 in real time, so the server, not the client, knows how much was heard.  The runtime reports

@@ -2,8 +2,10 @@
 
 speaches, vLLM, whisper.cpp's server, LocalAI and OpenAI itself answer
 `POST {base_url}/audio/transcriptions` (a multipart form with the audio file) with the
-transcript.  We send the audio as a 16 kHz PCM16 mono WAV file with `model`, and `language` and
-`prompt` when given, through the official `openai` client.
+transcript.  We send the audio as a PCM16 mono WAV file at the rate it arrived (24 kHz PCM,
+8 kHz G.711: the runtime does not resample it first, the server does; 16 kHz when no rate is
+given) with `model`, and `language` and `prompt` when given, through the official `openai`
+client.
 
 Streaming: by default we ask for `stream=true`.  A server that streams answers with server-sent
 events -- OpenAI's `transcript.text.delta` ... `transcript.text.done`, vLLM's

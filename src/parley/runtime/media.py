@@ -1,4 +1,4 @@
-"""Media tracks for a session (WebRTC): microphone audio in, response audio out.
+"""Media tracks for a session (WebRTC, SIP): microphone audio in, response audio out.
 
 A transport that carries audio as media, not as JSON, gives the runner a `Media`: a source of
 microphone audio (mono PCM16 at 48 kHz, the WebRTC rate) and a `Playout` that its outgoing

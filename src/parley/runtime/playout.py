@@ -2,7 +2,7 @@
 
 Responses are generated faster than they are spoken, so their audio queues here and leaves in
 20 ms frames of 48 kHz mono PCM16, one per tick of the media track's clock (see
-`transports/webrtc.py`).  Because every frame that leaves is one the caller hears, this is
+`transports/webrtc.py`, and `transports/rtp.py` for SIP).  Because every frame that leaves is one the caller hears, this is
 where the server knows the played position of each assistant item: a barge-in truncates the
 item there.  No asyncio and no clock here: the track calls `next_frame()` at its own pace.
 """

@@ -11,9 +11,9 @@ has one `VadBatcher` per engine and event loop (`shared_batcher`) that collects 
 * The flush runs one loop iteration later, so every runner that was already ready to run has
   added its window.  While the batch is still growing it waits one more iteration, at most
   `max_hops` times: runners woken by the same burst of packets one iteration later join too.
-* One `engine.step` call then decides the next window of every waiting stream; a stream with
-  several windows (a 100 ms append holds three) takes part in as many consecutive calls, so its
-  windows are decided in order.  Each future gets its session's probabilities, in audio order.
+* One `engine.step` call per sample rate (16 kHz, and 8 kHz for G.711) then decides the next
+  window of every waiting stream; a stream with several windows (a 100 ms append holds three)
+  takes part in as many consecutive calls, so its windows are decided in order.  Each future gets its session's probabilities, in audio order.
 
 * While the event loop's thread is busy (more than half of its time in the last half second,
   until it falls under 30 %: `LoopLoad` in runtime/load.py), model calls are at least `min_interval_s` (5 ms) apart: a window that

@@ -1,4 +1,5 @@
-"""The ASGI application factory."""
+"""The ASGI application factory: routes, CORS and body limit; at start-up the engines, SIP (when
+`sip_port` is set), `gc.freeze()` of everything built so far, and the load guard."""
 
 from __future__ import annotations
 

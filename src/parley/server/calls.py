@@ -1,5 +1,6 @@
-"""WebRTC calls: `POST /v1/realtime/calls` (GA), `POST /v1/realtime` (beta), hang-up, and the
-registry that sideband WebSockets (`GET /v1/realtime?call_id=`) attach through.
+"""WebRTC calls: `POST /v1/realtime/calls` (GA), `POST /v1/realtime` (beta), hang-up (of SIP
+calls too), and the call registry (WebRTC and SIP) that sideband WebSockets
+(`GET /v1/realtime?call_id=`) attach through.
 
 A call is a session like any other (same core, same runner) whose transport is an aiortc
 peer: events on the `oai-events` data channel, audio on media tracks.  The call runs as a

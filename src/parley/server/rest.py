@@ -1,4 +1,4 @@
-"""REST routes: ephemeral keys (GA and beta), models, health."""
+"""REST routes: ephemeral keys (GA and beta), models, metrics, health and readiness."""
 
 from __future__ import annotations
 

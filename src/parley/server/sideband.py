@@ -1,7 +1,9 @@
-"""Sideband control: `GET /v1/realtime?call_id=rtc_...` attaches a WebSocket to a live WebRTC call.
+"""Sideband control: `GET /v1/realtime?call_id=rtc_...` attaches a WebSocket to a live WebRTC or
+SIP call.
 
 The app's server watches the call's events and steers it (`session.update`, tool results,
-`response.create`) with a standard API key while the browser holds the media.  Events from
+`response.create`) with a standard API key (or the ephemeral key that opened the call) while the
+browser or the phone holds the media.  Events from
 either side go to the one session, in arrival order; every server event goes to both.
 """
 

@@ -1,4 +1,5 @@
-"""What the app holds for its lifetime: settings, keys, limits and engines."""
+"""What the app holds for its lifetime: settings, keys, limits, engines, live calls, the SIP
+entry point and the load guard."""
 
 from __future__ import annotations
 

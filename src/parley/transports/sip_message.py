@@ -3,7 +3,8 @@
 Only what a user agent server for calls needs is understood: the start line, headers (with the
 compact forms, folded lines and comma-separated Via values), the tags of From/To, the branch of
 the top Via, CSeq, and the body by Content-Length.  Anything malformed raises `SipParseError`,
-which the transport answers with 400 when it can tell where to send it.
+which the transport answers with 400 when it can tell where to send it (and the sender is in
+`sip_allowed_networks`; from elsewhere it is dropped).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 The browser offers an audio track (its microphone) and a data channel named `oai-events`; we
 answer with one audio track of our own.  Opus at 48 kHz travels both ways; the runner sees
 the microphone as mono PCM16 at 48 kHz (`RemoteMicrophone`) and fills a `Playout` that our
-track (`PlayoutTrack`) drains in real-time 20 ms frames.  JSON events travel on the data
-channel exactly as on the WebSocket (`DataChannelTransport`), which sideband WebSockets
-(`?call_id=`) may join.
+track (`PlayoutTrack`) drains in real-time 20 ms frames.  With Opus the track encodes itself
+and, while nothing plays, idles like DTX: 100 ms of silence, then one silent frame every
+400 ms.  JSON events travel on the data channel exactly as on the WebSocket
+(`DataChannelTransport`), which sideband WebSockets (`?call_id=`) may join.
 """
 
 from __future__ import annotations
