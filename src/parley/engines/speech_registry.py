@@ -104,8 +104,9 @@ async def _stt(settings: Any) -> tuple[dict[str, STTEngine], str]:
             notes.append(f"pocketsphinx (offline, English; worker processes: {settings.stt_workers})")
         except (EngineError, ImportError) as exc:
             notes.append(f"pocketsphinx not available ({getattr(exc, 'message', exc)})")
-    for name in ("openai", "faster-whisper", "pocketsphinx"):
-        if name in engines and (choice in ("auto", name) or "default" not in engines):
+    order = ("openai", "faster-whisper", "pocketsphinx")  # auto's preference
+    for name in ([choice] if choice in order else []) + list(order):  # the chosen one, else the first loaded
+        if name in engines:
             engines["default"] = engines[name]
             break
     if "faster-whisper" in engines:
