@@ -30,6 +30,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from parley.audio.g711 import ulaw_decode, ulaw_encode
 from parley.audio.resample import resample
+from parley.transports.sip_message import SipMessage, parse
 from tests.support.event_schema import validate_server_event
 from tests.support.parley_server import ParleyServer, free_port
 from tests.support.scripted_llm import Text
@@ -380,13 +381,15 @@ def accepted_so_far(server: ParleyServer) -> int:
     return server.log().count('"call accepted"')
 
 
+@pytest.mark.parametrize("codec", [0, 8], ids=["pcmu", "pcma"])
 async def test_without_a_webhook_calls_are_answered_with_the_default_session_on_an_rtp_port_of_the_range(
-        open_server, llm, speech_file, tmp_path) -> None:
-    llm.enqueue(Text("Hello there."))
+        open_server, llm, speech_file, tmp_path, codec) -> None:
+    """A caller offering only `codec` (and keys) is heard and answered in it, both ways over RTP."""
+    llm.enqueue(Text("Hello there, how can I help?"))
     before = accepted_so_far(open_server)
-    sipp = await SippRun("uac_hung_up", open_server.sip_port,
-                         keys={"rtp_ip": "127.0.0.1", "rtp_port": str(free_udp_port())}).start(tmp_path)
-    rtp = await RtpPeer().open()
+    sipp = await SippRun("uac_hung_up", open_server.sip_port, keys={
+        "rtp_ip": "127.0.0.1", "rtp_port": str(free_udp_port()), "formats": f"{codec} 101"}).start(tmp_path)
+    rtp = await RtpPeer(codec).open()
     try:
         call_id = await accepted_call(open_server, before)
         side = await sideband(open_server, call_id)
@@ -395,7 +398,9 @@ async def test_without_a_webhook_calls_are_answered_with_the_default_session_on_
         async with asyncio.timeout(5):
             while "SIP/2.0 200 OK" not in sipp.messages():
                 await asyncio.sleep(0.02)
-        server_rtp = sdp_audio_address(_answer_sdp(sipp.messages()))
+        answer_sdp = _answer_sdp(sipp.messages())
+        assert re.search(rf"^m=audio \d+ RTP/AVP {codec} 101$", answer_sdp, re.M), answer_sdp
+        server_rtp = sdp_audio_address(answer_sdp)
         low, high = open_server.rtp_ports
         assert low <= server_rtp[1] <= high, (server_rtp, open_server.rtp_ports)
         # the speech comes from another port than the offer's: Parley latches onto it (symmetric RTP)
@@ -408,10 +413,21 @@ async def test_without_a_webhook_calls_are_answered_with_the_default_session_on_
         item = (await side.until("conversation.item.retrieved"))["item"]
         heard = np.frombuffer(base64.b64decode(item["content"][0]["audio"]), "<i2")
         similarity = best_match(resample(heard, 24000, 8000), sent)
-        print(f"\nauto-accepted call on RTP port {server_rtp[1]} of {low}-{high}; the default session heard "
-              f"the caller (correlation {similarity:.3f})")
         assert similarity > 0.95
-        await side.until("response.done", timeout=20)
+        reply = (await side.until("response.done", timeout=20))["response"]["output"][0]
+        await side.until("output_audio_buffer.stopped", timeout=20)
+        answer = [p for t, _, p in rtp.packets if t >= side.time_of(committed)]
+        assert {p.payload_type for p in answer} == {codec} and {len(p.payload) for p in answer} == {160}
+        heard = rtp.decode(b"".join(p.payload for p in answer))
+        await side.send({"type": "conversation.item.retrieve", "item_id": reply["id"]})
+        said = np.frombuffer(base64.b64decode((await side.until("conversation.item.retrieved", nth=2))["item"]
+                                              ["content"][0]["audio"]), "<i2")
+        loud = np.flatnonzero(np.abs(heard) > 1000)
+        match = best_match(heard[loud[0]:loud[-1]], resample(said, 24000, 8000))
+        print(f"\nauto-accepted call on RTP port {server_rtp[1]} of {low}-{high}, payload type {codec}: the default "
+              f"session heard the caller (correlation {similarity:.3f}); its answer came back in {len(answer)} "
+              f"packets, {len(loud) / 8000:.1f} s loud, matching the reply item's audio with {match:.3f}")
+        assert len(loud) > 4000 and match > 0.9
         rtp.close()  # the caller goes quiet without a BYE: the RTP timeout hangs up
         assert await sipp.wait(10) == 0, sipp.messages()[-3000:]
     finally:
@@ -491,3 +507,117 @@ def _answer_sdp(messages: str) -> str:
     start = messages.index("SIP/2.0 200 OK")
     block = messages[start:]
     return block[block.index("v=0"):].split("\n\n", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def full_sip(scripted_llm, webhook) -> Iterator[ParleyServer]:
+    """Room for one session, with the app answering calls through the webhook."""
+    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_STT_ENGINE": "none", "PARLEY_TTS_ENGINE": "espeak",
+           "PARLEY_SIP_PORT": str(free_port()), "PARLEY_SIP_WEBHOOK_URL": webhook.url,
+           "PARLEY_SIP_WEBHOOK_SECRET": SECRET, "PARLEY_MAX_SESSIONS": "1"}
+    with ParleyServer(env, name="sip-full") as server:
+        server.sip_port = int(env["PARLEY_SIP_PORT"])  # type: ignore[attr-defined]
+        yield server
+
+
+async def test_at_the_session_cap_an_invite_gets_503_and_accepting_a_ringing_call_503_both_with_retry_after(
+        full_sip, webhook, tmp_path) -> None:
+    """A call rings while there is room; then a WebSocket session takes the one place: a new INVITE
+    is refused at once, and the app's /accept of the ringing call gets 503, the call ringing on
+    until the place is free again."""
+    ringing = await SippRun("uac_hung_up", full_sip.sip_port,
+                            keys={"rtp_ip": "127.0.0.1", "rtp_port": "4000"}).start(tmp_path)
+    sdk = AsyncOpenAI(api_key=full_sip.api_key, base_url=full_sip.base_url, websocket_base_url=full_sip.ws_base_url)
+    try:
+        call_id = (await incoming(webhook, len(webhook.deliveries)))["data"]["call_id"]
+        async with sdk.realtime.connect(model="gpt-realtime") as ws:
+            assert json.loads(await ws.recv_bytes())["type"] == "session.created"
+            seen = len(webhook.deliveries)
+            refused = await SippRun("uac_refused", full_sip.sip_port,
+                                    keys={"rtp_ip": "127.0.0.1", "rtp_port": "4000"}).start(tmp_path)
+            try:
+                assert await refused.wait(10) == 0, refused.messages()[-3000:]
+            finally:
+                await refused.stop()
+            reply = refused.messages()[refused.messages().index("SIP/2.0 503 "):].split("\n\n", 1)[0]
+            assert re.search(r"^Retry-After: [1-9]\d*$", reply, re.M | re.I), reply
+            assert "SIP/2.0 180 " not in refused.messages() and len(webhook.deliveries) == seen  # never rang
+            async with httpx.AsyncClient(base_url=full_sip.base_url, timeout=10,
+                                         headers={"Authorization": f"Bearer {full_sip.api_key}"}) as http:
+                full = await http.post(f"/realtime/calls/{call_id}/accept", json=SESSION)
+                print(f"\nat the cap: SIP {reply.splitlines()[0]!r}; /accept {full.status_code} "
+                      f"Retry-After {full.headers.get('retry-after')} {full.json()}")
+                assert full.status_code == 503 and int(full.headers["retry-after"]) > 0
+                assert full.json()["error"]["type"] == "server_error"
+                assert full.json()["error"]["code"] == "server_overloaded"
+                assert "limit of 1 concurrent sessions" in full.json()["error"]["message"]
+        async with httpx.AsyncClient(base_url=full_sip.base_url, timeout=10,
+                                     headers={"Authorization": f"Bearer {full_sip.api_key}"}) as http:
+            async with asyncio.timeout(10):  # the WebSocket session's place is freed as it closes
+                accept = f"/realtime/calls/{call_id}/accept"
+                while (accepted := await http.post(accept, json=SESSION)).status_code == 503:
+                    await asyncio.sleep(0.05)
+            assert accepted.status_code == 200, accepted.text
+            assert (await http.post(f"/realtime/calls/{call_id}/hangup")).status_code == 200
+        assert await ringing.wait(10) == 0, ringing.messages()[-3000:]  # answered, then our BYE
+    finally:
+        await ringing.stop()
+
+
+@pytest.fixture(scope="module")
+def full_open_sip(scripted_llm) -> Iterator[ParleyServer]:
+    """Room for one session, calls accepted without a webhook."""
+    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_STT_ENGINE": "none", "PARLEY_TTS_ENGINE": "espeak",
+           "PARLEY_SIP_PORT": str(free_port()), "PARLEY_MAX_SESSIONS": "1"}
+    with ParleyServer(env, name="sip-full-open") as server:
+        server.sip_port = int(env["PARLEY_SIP_PORT"])  # type: ignore[attr-defined]
+        yield server
+
+
+def _request(method: str, n: int, local_port: int, sip_port: int, *, to: str = "<sip:parley@127.0.0.1>",
+             cseq: int = 1, branch: str = "") -> bytes:
+    """Caller n's INVITE (offering PCMU), or its ACK or BYE in the call (`to` with the server's tag)."""
+    sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n" \
+        if method == "INVITE" else ""
+    return (f"{method} sip:parley@127.0.0.1:{sip_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch={branch or f'z9hG4bK{method}{n}'};rport\r\n"
+            f"From: <sip:caller{n}@127.0.0.1>;tag=b{n}\r\nTo: {to}\r\nCall-ID: burst-{n}\r\n"
+            f"CSeq: {cseq} {method}\r\nContact: <sip:caller{n}@127.0.0.1:{local_port}>\r\nMax-Forwards: 70\r\n"
+            + (f"Content-Type: application/sdp\r\n" if sdp else "") + f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+            ).encode()
+
+
+async def test_invites_arriving_together_at_a_cap_of_one_answer_one_and_refuse_the_rest_with_retry_after(
+        full_open_sip) -> None:
+    """Three INVITEs in one burst, auto-accepted: each is admitted before any call is answered, so the
+    cap must be judged again once the RTP port is open, or all three would be answered."""
+    server = ("127.0.0.1", full_open_sip.sip_port)
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        for n in range(3):
+            sock.sendto(_request("INVITE", n, port, server[1]), server)
+        finals: dict[int, SipMessage] = {}
+        async with asyncio.timeout(5):
+            while len(finals) < 3:
+                reply = parse(await loop.sock_recv(sock, 65536))[0]
+                if (reply.status or 0) >= 200:
+                    finals.setdefault(int((reply.get("call-id") or "").removeprefix("burst-")), reply)
+        for n, reply in finals.items():  # ACK each answer; hang up the call answered
+            ok = reply.status == 200
+            sock.sendto(_request("ACK", n, port, server[1], to=reply.get("to") or "",
+                                 branch="z9hG4bKACK" if ok else "z9hG4bKINVITE" + str(n)), server)
+            if ok:
+                sock.sendto(_request("BYE", n, port, server[1], to=reply.get("to") or "", cseq=2), server)
+        async with asyncio.timeout(5):
+            while (reply := parse(await loop.sock_recv(sock, 65536))[0]).get("cseq") != "2 BYE":
+                pass
+        assert reply.status == 200
+    statuses = sorted(reply.status or 0 for reply in finals.values())
+    refusals = [reply for reply in finals.values() if reply.status == 503]
+    warned = full_open_sip.log().count("could not accept a call")
+    print(f"\na burst of 3 INVITEs at a cap of 1: {statuses}; {warned} refused after the RTP port was opened")
+    assert statuses == [200, 503, 503]
+    assert all(int(reply.get("retry-after") or 0) > 0 for reply in refusals)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from parley.audio.g711 import ulaw_decode, ulaw_encode
+from parley.audio.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from parley.transports.rtp import RtpPacket, dtmf_payload, parse_rtp
 from tests.support.parley_server import OUTPUT
 from tests.support.scripted_server import ScriptedServer
@@ -62,7 +62,7 @@ class SippRun:
                 "-m", "1", "-l", "1", "-i", self.local_ip, "-mi", self.local_ip, "-p", str(free_udp_port()),
                 "-t", self.transport, "-d", str(self.pause_ms), "-nostdin", "-timeout", "30", "-timeout_error",
                 "-trace_msg", "-message_file", str(self.log)]
-        for key, value in self.keys.items():
+        for key, value in {"formats": "0 8 101", **self.keys}.items():
             args += ["-key", key, value]
         args += ["-mp", str(self.media_port)]
         self.proc = await asyncio.create_subprocess_exec(*args, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
@@ -90,10 +90,12 @@ class SippRun:
 
 class RtpPeer(asyncio.DatagramProtocol):
     """The caller's media side in Python: records every RTP packet Parley sends, sends DTMF, and
-    talks like a phone (`talk`): a u-law packet every 20 ms, silence unless it was told to `say`
-    something."""
+    talks like a phone (`talk`): a G.711 packet every 20 ms (u-law, or A-law with `codec=8`),
+    silence unless it was told to `say` something."""
 
-    def __init__(self) -> None:
+    def __init__(self, codec: int = 0) -> None:
+        self.codec = codec  # the payload type it sends and decodes: 0 PCMU, 8 PCMA
+        self.encode, self.decode = {0: (ulaw_encode, ulaw_decode), 8: (alaw_encode, alaw_decode)}[codec]
         self.packets: list[tuple[float, tuple[str, int], RtpPacket]] = []
         self.transport: asyncio.DatagramTransport | None = None
         self.port = 0
@@ -113,8 +115,8 @@ class RtpPeer(asyncio.DatagramProtocol):
             self.packets.append((time.monotonic(), addr, packet))
 
     def audio(self) -> np.ndarray:
-        """Everything heard so far, decoded (PCMU), as int16 at 8 kHz."""
-        return ulaw_decode(b"".join(p.payload for _, _, p in self.packets if p.payload_type == 0))
+        """Everything heard so far in its codec, decoded, as int16 at 8 kHz."""
+        return self.decode(b"".join(p.payload for _, _, p in self.packets if p.payload_type == self.codec))
 
     async def send_dtmf(self, digit: str, to: tuple[str, int], *, payload_type: int = 101, timestamp: int = 0) -> None:
         """One key press as RFC 4733 sends it: updates every 50 ms, then the end packet three times."""
@@ -156,7 +158,7 @@ class RtpPeer(asyncio.DatagramProtocol):
                 self.said_at.append(time.monotonic())
             frame, pending = pending[:160], pending[160:]
             frame = np.concatenate([frame, np.zeros(160 - frame.size, np.int16)])
-            self.transport.sendto(RtpPacket(0, seq, seq * 160, 0x5EED, ulaw_encode(frame)).to_bytes(), to)
+            self.transport.sendto(RtpPacket(self.codec, seq, seq * 160, 0x5EED, self.encode(frame)).to_bytes(), to)
             seq += 1
             await asyncio.sleep(max(0.0, start + seq * 0.02 - time.monotonic()))
 

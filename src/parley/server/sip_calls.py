@@ -46,6 +46,7 @@ router = APIRouter()
 AUTO_ACCEPT = Principal("sip_auto_accept")  # whose session an auto-accepted call counts as
 NO_ANSWER = 480  # Temporarily Unavailable: the app did not answer in time, or its webhook failed
 HANGUP_RINGING = 603  # Decline: /hangup on a call that is still ringing
+RETRY_LATER = [("retry-after", str(RETRY_AFTER_S))]  # on a SIP 503 for a server at capacity
 
 
 class SidebandEvents(DataChannelTransport):
@@ -90,9 +91,16 @@ class Ringing:
 
 
 class CallError(Exception):
-    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str, param: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
         super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
+        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+
+    @classmethod
+    def refused(cls, refusal: ProtocolError) -> CallError:
+        """An admission refusal: 400 for the model, 503 at capacity, 429 for the key's limit."""
+        status = {"invalid_model": 400, "server_overloaded": 503}.get(refusal.code or "", 429)
+        return cls(status, refusal.message, refusal.code or "", refusal.param, refusal.type)
 
 
 class SipCalls:
@@ -129,7 +137,7 @@ class SipCalls:
             invite.respond(503)
             return
         if capacity_refusal(self.state) is not None:
-            invite.respond(503, headers=[("retry-after", str(RETRY_AFTER_S))])
+            invite.respond(503, headers=RETRY_LATER)
             return
         try:
             offer = parse_offer(invite.request.body.decode("utf-8", "replace"))
@@ -213,12 +221,12 @@ class SipCalls:
 
     # ---- what the app decides ----------------------------------------------------------------
 
-    def refuse(self, call_id: str, status: int) -> bool:
+    def refuse(self, call_id: str, status: int, headers: list[tuple[str, str]] | None = None) -> bool:
         ringing = self.ringing.pop(call_id, None)
         if ringing is None:
             return False
         ringing.timer.cancel()
-        ringing.invite.respond(status)
+        ringing.invite.respond(status, headers=headers)
         log.info("call refused", extra={"call_id": call_id, "status": status})
         return True
 
@@ -245,7 +253,7 @@ class SipCalls:
             await self.accept(call_id, None, AUTO_ACCEPT)
         except CallError as err:
             log.warning("could not accept a call", extra={"call_id": call_id, "reason": err.message})
-            self.refuse(call_id, 503)
+            self.refuse(call_id, 503, RETRY_LATER if err.code == "server_overloaded" else None)
 
     async def accept(self, call_id: str, config: Any, principal: Principal) -> None:
         """Answer a ringing call (200 OK with our SDP) and start its session."""
@@ -255,10 +263,8 @@ class SipCalls:
         model = getattr(config, "model", None) or state.settings.default_model
         if (refusal := model_refusal(state, model) or capacity_refusal(state)
                 or session_limit_refusal(state, principal)) is not None:
-            status = {"invalid_model": 400, "server_overloaded": 503}.get(refusal.code or "", 429)
-            raise CallError(status, refusal.message, refusal.code or "", refusal.param)
-        ringing = self.ringing.pop(call_id)
-        ringing.timer.cancel()
+            raise CallError.refused(refusal)
+        ringing = self.ringing[call_id]
         runner: SessionRunner | None = None
         playout = Playout(lambda event: runner.inbox.put_control(event) if runner else None)
         rtp = RtpEndpoint(playout, lambda key: runner.inbox.put_control(DtmfReceived(key, int(state.clock())))
@@ -267,11 +273,16 @@ class SipCalls:
         try:
             await rtp.open(self.server.host, _port_range(state))
         except OSError as exc:
-            invite.respond(503)
-            raise CallError(503, f"No RTP port for the call: {exc}", "server_error") from None
-        if invite.final is not None:  # cancelled while the port was being opened
+            self.refuse(call_id, 503)
+            raise CallError(503, f"No RTP port for the call: {exc}", "server_error", kind="server_error") from None
+        if self.ringing.get(call_id) is not ringing:  # cancelled, refused or accepted meanwhile
             await rtp.close()
             raise _not_ringing(state, call_id)
+        if (refusal := capacity_refusal(state)) is not None:  # other calls were answered meanwhile
+            await rtp.close()
+            raise CallError.refused(refusal)  # and this one rings on, as when the server was full before
+        del self.ringing[call_id]
+        ringing.timer.cancel()
         chosen = negotiate(ringing.offer)
         rtp.configure(chosen.codec, chosen.telephone_event, chosen.remote, caller_sends=_caller_sends(ringing.offer))
         peer = SipPeer(call_id, self.server, rtp)
@@ -351,7 +362,8 @@ async def _handle(request: Request, call_id: str, action: Any) -> Response:
         sip, principal, body = await _control(request, call_id)
         await action(sip, principal, body)
     except CallError as err:
-        return api_error(err.status, err.message, code=err.code, param=err.param)
+        return api_error(err.status, err.message, code=err.code, param=err.param, kind=err.kind,
+                         headers={"Retry-After": str(RETRY_AFTER_S)} if err.code == "server_overloaded" else None)
     except ProtocolError as err:
         return api_error(400, err.message, code=err.code, param=err.param)
     return Response(status_code=200)
