@@ -252,6 +252,20 @@ def pyplot() -> Any:
     return plt
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants now (the server's pocketsphinx workers are ours, not noise)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 class Background:
     """How busy the machine was with processes other than ours (other users' work shares these
     cores and skews the numbers): total busy CPU from /proc/stat minus our processes' CPU."""
@@ -264,7 +278,7 @@ class Background:
         fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         busy = (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK  # all but idle and iowait
         ours = 0.0
-        for pid in self.pids:
+        for pid in {p for root in self.pids for p in process_tree(root)}:  # with the server's workers
             try:
                 ours += ProcUsage.read(pid).cpu_s
             except (OSError, ValueError):
