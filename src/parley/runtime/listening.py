@@ -49,7 +49,11 @@ class VadRunner:
         self._batcher = shared_batcher(engine) if batcher is VadRunner._UNSET else batcher
         self._fmt: dict[str, Any] | None = None
         self._resampler: StreamResampler | None = None
-        self.window_ms = 1000.0 * self.stream.window_samples / self.stream.sample_rate
+
+    @property
+    def window_ms(self) -> float:
+        """The current stream's decision window (32 ms for Silero at either rate)."""
+        return 1000.0 * self.stream.window_samples / self.stream.sample_rate
 
     def _use_format(self, fmt: dict[str, Any]) -> None:
         """Decode the wire format; decide at its rate when the model runs at it natively
@@ -63,7 +67,6 @@ class VadRunner:
         rate = wire.rate if native else self._default_rate
         if rate != self.stream.sample_rate:
             self.stream = self.engine.stream(rate) if native else self.engine.stream()
-        self.window_ms = 1000.0 * self.stream.window_samples / self.stream.sample_rate
         self._resampler = (StreamResampler(wire.rate, self.stream.sample_rate, quality=VAD_RESAMPLE_QUALITY)
                            if wire.rate != self.stream.sample_rate else None)
 
