@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark in --quick mode (CI: each finishes in well under 60 s; the numbers are
 # printed and saved under bench/results/, not asserted).  Needs what scripts/test installs
-# (flite for the test speech, the package with its extras, silero-vad) and matplotlib (a test
+# (flite for the test speech, the package with its extras) and matplotlib (a test
 # extra); see bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -42,7 +42,5 @@ fi
 # A CPU-only build of llama.cpp without its examples, tests and servers: smaller and faster to compile.
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF}"
 "$VENV/bin/python" -m pip install -q -e "$ROOT[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-# Silero VAD's model: the package's own dependencies would pull torch (and CUDA), so --no-deps.
-"$VENV/bin/python" -m pip install -q --no-deps "silero-vad==6.2.3" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 "$VENV/bin/python" -c "import parley" || { echo "parley: install failed" >&2; exit 1; }
 export PATH="$VENV/bin:$PATH"

@@ -91,3 +91,25 @@ async def test_embedded_whisper_and_kokoro_on_tiny_models(scripted_llm, llm, tmp
     audio = b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.output_audio.delta")
     pcm = np.frombuffer(audio, dtype="<i2")
     assert pcm.size > 2400 and np.abs(pcm).max() > 1000
+
+
+def test_a_server_without_its_vad_is_not_ready_and_says_what_to_fix(scripted_llm, tmp_path) -> None:
+    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_LLM_MODEL": scripted_llm.model,
+           "PARLEY_VAD_MODEL": str(tmp_path / "missing.onnx"), "PARLEY_STT_ENGINE": "pocketsphinx",
+           "PARLEY_TTS_ENGINE": "espeak"}
+    with ParleyServer(env, name="novad") as server:
+        ready = httpx.get(f"http://127.0.0.1:{server.port}/readyz")
+        log = server.log()
+    assert ready.status_code == 503
+    body = ready.json()
+    assert body["status"] == "not_ready" and body["missing_engines"] == ["vad"]
+    assert "missing.onnx" in body["engines"]["vad"] and "PARLEY_VAD_MODEL" in body["engines"]["vad"]
+    assert "vad engine: unavailable" in log and "not ready" in log
+
+
+def test_engines_turned_off_are_not_missing(scripted_llm) -> None:
+    env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_LLM_MODEL": scripted_llm.model,
+           "PARLEY_STT_ENGINE": "none", "PARLEY_TTS_ENGINE": "none"}
+    with ParleyServer(env, name="nospeech") as server:
+        body = _wait_ready(server)
+    assert body["status"] == "ready" and body["missing_engines"] == []

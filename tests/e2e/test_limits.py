@@ -6,6 +6,7 @@ import base64
 import json
 import time
 
+import pytest
 import websockets
 
 from tests.support.parley_server import ParleyServer
@@ -38,6 +39,36 @@ async def test_oversized_event_gets_an_error_and_the_session_goes_on(parley) -> 
         first = json.loads(await ws.recv())
         assert first["type"] == "error" and first["error"]["code"] == "event_too_large"
         assert json.loads(await ws.recv())["type"] == "input_audio_buffer.cleared"
+
+
+@pytest.mark.parametrize("frame_mib", [21, 32])
+async def test_frames_beyond_the_event_limit_are_answered_not_dropped(parley, frame_mib: int) -> None:
+    """Frames above PARLEY_MAX_EVENT_BYTES (15 MiB) but within the WebSocket layer's hard limit
+    (PARLEY_MAX_FRAME_BYTES, 40 MiB) are read and answered with event_too_large; the session goes on."""
+    url = f"{parley.ws_base_url}/realtime?model=gpt-realtime"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {parley.api_key}"},
+                                  max_size=None) as ws:
+        await ws.recv()  # session.created
+        audio = "A" * (frame_mib * 1024 * 1024 - 80)
+        frame = json.dumps({"type": "input_audio_buffer.append", "event_id": "huge", "audio": audio})
+        assert len(frame) > 15 * 1024 * 1024
+        await ws.send(frame)
+        await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+        first = json.loads(await ws.recv())
+        assert first["type"] == "error" and first["error"]["code"] == "event_too_large"
+        assert json.loads(await ws.recv())["type"] == "input_audio_buffer.cleared"
+
+
+async def test_a_frame_over_the_hard_limit_closes_with_1009(parley) -> None:
+    url = f"{parley.ws_base_url}/realtime?model=gpt-realtime"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {parley.api_key}"},
+                                  max_size=None) as ws:
+        await ws.recv()
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.send("x" * (40 * 1024 * 1024 + 1))
+            while True:
+                await ws.recv()
+        assert ws.close_code == 1009
 
 
 async def test_unreachable_llm_fails_the_response_not_the_session() -> None:

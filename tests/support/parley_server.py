@@ -27,7 +27,7 @@ class ParleyServer:
     """`parley serve` in a subprocess on a free loopback port; logs go to test-output/."""
 
     def __init__(self, env: dict[str, str], *, name: str = "parley", api_key: str | None = "test-key",
-                 args: list[str] | None = None, scheme: str = "http") -> None:
+                 args: list[str] | None = None, scheme: str = "http", command: list[str] | None = None) -> None:
         self.port = free_port()
         self.api_key = api_key
         self.scheme = scheme
@@ -35,6 +35,8 @@ class ParleyServer:
         if api_key is not None:
             self.env.setdefault("PARLEY_API_KEYS", api_key)
         self.args = args or []
+        # the `parley` program to run; default: this interpreter's (the repository's .venv)
+        self.command = command or [sys.executable, "-m", "parley.server.cli"]
         OUTPUT.mkdir(exist_ok=True)
         self.log_path = OUTPUT / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,7 +52,7 @@ class ParleyServer:
     def start(self, timeout_s: float = 20.0) -> ParleyServer:
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "parley.server.cli", "serve", "--port", str(self.port), *self.args],
+            [*self.command, "serve", "--port", str(self.port), *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s

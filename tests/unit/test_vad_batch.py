@@ -4,7 +4,6 @@ one call per window (the model, `SileroVAD.step`, and the runtime's `VadBatcher`
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -12,9 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="pip install onnxruntime")
-if importlib.util.find_spec("silero_vad") is None:
-    pytest.skip("the Silero model needs: pip install --no-deps silero-vad", allow_module_level=True)
 
 from parley.audio.resample import resample  # noqa: E402
 from parley.engines.errors import EngineError  # noqa: E402

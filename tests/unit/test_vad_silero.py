@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -10,9 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnxruntime", reason="pip install onnxruntime")
-if importlib.util.find_spec("silero_vad") is None:
-    pytest.skip("the Silero model needs: pip install --no-deps silero-vad", allow_module_level=True)
 
 from parley.audio.resample import resample  # noqa: E402
 from parley.engines.errors import EngineError  # noqa: E402
@@ -76,11 +72,13 @@ def test_is_a_vad_engine(vad: SileroVAD) -> None:
     assert WINDOW_MS == 1000 * stream.window_samples / stream.sample_rate
 
 
-def test_finds_the_model_in_the_package_without_importing_it() -> None:
+def test_the_model_ships_in_parleys_own_package_data() -> None:
+    import parley
+
     path = default_model_path()
     assert path.name == "silero_vad.onnx" and path.is_file()
-    assert path.parent.name == "data" and path.parent.parent.name == "silero_vad"
-    assert "silero_vad" not in sys.modules  # its __init__ imports torch
+    assert path.parent == Path(parley.__file__).parent / "engines" / "models"
+    assert "MIT License" in (path.parent / "silero_vad.LICENSE").read_text()
     assert "torch" not in sys.modules
 
 
@@ -105,13 +103,13 @@ def test_missing_model_file_is_an_engine_error(tmp_path: Path) -> None:
     assert "PARLEY_VAD_MODEL" in info.value.message
 
 
-def test_without_the_package_the_error_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_install_without_the_model_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     import parley.engines.vad_silero as mod
 
-    monkeypatch.setattr(mod, "_PACKAGE", "parley_no_such_package")
+    monkeypatch.setattr(mod, "_MODEL_FILE", "no_such_model.onnx")
     with pytest.raises(EngineError, match="PARLEY_VAD_MODEL") as info:
         SileroVAD()
-    assert "--no-deps silero-vad" in info.value.message
+    assert "pip install --force-reinstall parley" in info.value.message
 
 
 def test_a_file_that_is_not_a_model_is_an_engine_error(tmp_path: Path) -> None:

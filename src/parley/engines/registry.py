@@ -59,7 +59,9 @@ class EngineSet:
 
     @property
     def ready(self) -> bool:
-        return self.llm.ready and "loading" not in (self.speech.status.get("stt"), self.speech.status.get("tts"))
+        """Every engine the settings ask for is loaded (a missing one keeps /readyz at 503)."""
+        loading = "loading" in (self.speech.status.get("stt"), self.speech.status.get("tts"))
+        return self.llm.ready and not loading and not self.speech.missing()
 
     def all_status(self) -> dict[str, str]:
         return {**self.status, **self.speech.status}

@@ -1,7 +1,7 @@
 """Choosing and loading the speech engines (VAD, STT, TTS) from settings.
 
 Embedded defaults, as the server logs at start:
-* VAD: Silero (its ONNX model, shipped in the `silero-vad` package, on onnxruntime).
+* VAD: Silero (its ONNX model ships in Parley's package data; onnxruntime runs it).
 * STT: faster-whisper when `PARLEY_STT_MODEL` can be loaded (a CTranslate2 directory, or a hub
   id fetched once), else pocketsphinx (offline, English).  `PARLEY_STT_BASE_URL` selects an
   OpenAI-compatible `/v1/audio/transcriptions` server instead.
@@ -45,6 +45,13 @@ class SpeechEngines:
     stt: dict[str, STTEngine] = field(default_factory=dict)  # by name; "default" is the default
     tts: TTSEngine | None = None
     status: dict[str, str] = field(default_factory=dict)
+    #: the stages the settings ask an engine for (STT and TTS can be turned off with "none")
+    required: tuple[str, ...] = ("vad", "stt", "tts")
+
+    def missing(self) -> list[str]:
+        """Required stages without an engine, once loading is over: the server is not ready."""
+        present = {"vad": self.vad is not None, "stt": "default" in self.stt, "tts": self.tts is not None}
+        return [stage for stage in self.required if not present[stage] and self.status.get(stage) != "loading"]
 
     def stt_for(self, config: dict[str, Any] | None) -> STTEngine | None:
         name = (config or {}).get("model")
@@ -148,18 +155,29 @@ def _tts(settings: Any) -> tuple[TTSEngine | None, str]:
 
 def build_speech(settings: Any) -> SpeechEngines:
     """VAD now (milliseconds); TTS and STT come from `load_stt` in the background."""
-    speech = SpeechEngines()
+    required = ("vad",) + tuple(stage for stage, choice in (("stt", settings.stt_engine), ("tts", settings.tts_engine))
+                                if choice != "none")
+    speech = SpeechEngines(required=required)
     speech.vad, speech.status["vad"] = _vad(settings)
     speech.status["stt"] = speech.status["tts"] = "loading"
-    log.info("vad engine: %s", speech.status["vad"], extra={"stage": "vad"})
+    _log_stage("vad", speech)
     return speech
+
+
+def _log_stage(stage: str, speech: SpeechEngines) -> None:
+    """One line per stage; a required stage without an engine is an error (the server is not ready)."""
+    if stage in speech.missing():
+        log.error("%s engine: %s; the server is not ready until it loads", stage, speech.status[stage],
+                  extra={"stage": stage})
+    else:
+        log.info("%s engine: %s", stage, speech.status[stage], extra={"stage": stage})
 
 
 async def load_stt(settings: Any, speech: SpeechEngines) -> None:
     """Load TTS (a Kokoro model may take a second, a hub download longer) and the STT engines
     (faster-whisper likewise) into `speech`, off the event loop."""
     speech.tts, speech.status["tts"] = await asyncio.to_thread(_tts, settings)
-    log.info("tts engine: %s", speech.status["tts"], extra={"stage": "tts"})
+    _log_stage("tts", speech)
     stt, speech.status["stt"] = await _stt(settings)
     speech.stt.update(stt)
-    log.info("stt engine: %s", speech.status["stt"], extra={"stage": "stt"})
+    _log_stage("stt", speech)

@@ -1,15 +1,10 @@
 """Silero VAD on onnxruntime, with numpy only (no torch).
 
-The model is the ONNX file that ships inside the PyPI package `silero-vad`
-(`silero_vad/data/silero_vad.onnx`).  Install it without its dependencies, since they
-include torch and several GB of CUDA packages:
-
-    pip install onnxruntime
-    pip install --no-deps silero-vad
-
-`import silero_vad` imports torch, so the file is found from the package's import spec (which
-locates the package without running its `__init__`); `importlib.resources.files()` would
-import it.  An explicit `model_path` (settings: `PARLEY_VAD_MODEL`) is used instead when given.
+The model ships inside Parley (`parley/engines/models/silero_vad.onnx`, Silero VAD v6 from the
+`silero-vad` 6.2.3 wheel, MIT licence beside it as `silero_vad.LICENSE`), so a plain
+`pip install parley` has a working VAD: the `silero-vad` package itself cannot be a dependency,
+since its own dependencies pull torch and several GB of CUDA packages.  An explicit
+`model_path` (settings: `PARLEY_VAD_MODEL`) is used instead when given.
 
 The model decides on windows of 512 samples at 16 kHz (256 at 8 kHz), 32 ms each.  Every call
 gets the window plus the last 64 (32) samples of the previous one as context, and an LSTM
@@ -27,7 +22,6 @@ are the same as each stream's alone (tests/unit/test_vad_batch.py).
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,9 +33,8 @@ from parley.engines.errors import EngineError
 
 __all__ = ["SileroStream", "SileroVAD", "default_model_path"]
 
-_PACKAGE = "silero_vad"
 _MODEL_FILE = "silero_vad.onnx"
-_INSTALL = "pip install onnxruntime && pip install --no-deps silero-vad"
+_INSTALL = "pip install --force-reinstall parley"
 _INPUTS = frozenset({"input", "state", "sr"})
 _STATE_SHAPE = (2, 1, 128)
 #: sample rate -> (window samples, context samples), as the model was trained.
@@ -52,26 +45,15 @@ _sessions_lock = threading.Lock()
 
 
 def default_model_path() -> Path:
-    """The ONNX model inside the installed `silero-vad` package (not imported)."""
-    try:
-        spec = importlib.util.find_spec(_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    """The ONNX model shipped in Parley's package data."""
+    path = Path(__file__).with_name("models") / _MODEL_FILE
+    if not path.is_file():
         raise EngineError(
-            f"Silero VAD model not found: the silero-vad package is not installed ({_INSTALL}), "
-            "or set PARLEY_VAD_MODEL to a silero_vad.onnx file",
+            f"Silero VAD model not found at {path}: this Parley install is incomplete; reinstall it "
+            f"({_INSTALL}), or set PARLEY_VAD_MODEL to a silero_vad.onnx file",
             code="vad_unavailable",
         )
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "data" / _MODEL_FILE
-        if path.is_file():
-            return path
-    raise EngineError(
-        f"the silero-vad package has no data/{_MODEL_FILE}; reinstall it ({_INSTALL}) "
-        "or set PARLEY_VAD_MODEL to a silero_vad.onnx file",
-        code="vad_unavailable",
-    )
+    return path
 
 
 def _load_session(path: Path) -> Any:
@@ -87,7 +69,7 @@ def _new_session(path: Path) -> Any:
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise EngineError(f"Silero VAD needs onnxruntime ({_INSTALL}): {exc}", code="vad_unavailable") from exc
+        raise EngineError(f"Silero VAD needs onnxruntime (pip install 'onnxruntime>=1.17,<2'): {exc}", code="vad_unavailable") from exc
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -53,7 +53,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "port": settings.port,
         "ssl_certfile": settings.ssl_certfile,
         "ssl_keyfile": settings.ssl_keyfile,
-        "ws_max_size": settings.max_event_bytes + 1024 * 1024,
+        "ws_max_size": settings.max_frame_bytes,
         "ws_ping_interval": 20.0,
         "ws_ping_timeout": 20.0,
         "ws_per_message_deflate": settings.ws_compression,

@@ -180,6 +180,7 @@ async def readyz(request: Request) -> Any:
     saturated = saturation(state)  # new sessions would be refused: send callers elsewhere
     status = "not_ready" if not (engines and engines.ready) else saturated or "ready"
     body: dict[str, Any] = {"status": status, "engines": engines.all_status() if engines else {},
+                            "missing_engines": engines.speech.missing() if engines else [],
                             "live_sessions": state.live_sessions}
     if state.load is not None:
         load = state.load.load

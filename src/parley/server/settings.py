@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 KNOWN_MODELS = [
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     llm_threads: int | None = None
 
     # speech
-    vad_model: str | None = None  # Silero ONNX file; default: the one in the silero-vad package
+    vad_model: str | None = None  # Silero ONNX file; default: the one in Parley's package data
     stt_engine: str = "auto"  # auto | faster-whisper | pocketsphinx | openai | none
     stt_model: str | None = None  # faster-whisper: CTranslate2 dir or hub id; remote: model name
     stt_base_url: str | None = None
@@ -71,7 +71,10 @@ class Settings(BaseSettings):
     instructions: str | None = None
     voice: str = "alloy"
     session_max_minutes: float = 60
-    max_event_bytes: int = 15 * 1024 * 1024
+    max_event_bytes: int = 15 * 1024 * 1024  # larger client events get an event_too_large error
+    # the WebSocket layer's own limit: a frame must be read whole to be answered with that error,
+    # so this is well above max_event_bytes; beyond it the socket is closed with 1009
+    max_frame_bytes: int = 40 * 1024 * 1024
     # permessage-deflate on WebSockets: base64 audio barely compresses (~25 %) and inflating
     # every append and deflating every audio delta costs CPU on the server (bench: ~5 % of a
     # busy server's time in zlib), so it is off unless asked for (e.g. for slow links)
@@ -123,6 +126,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _frames_hold_events(self) -> Settings:
+        if self.max_frame_bytes < self.max_event_bytes:
+            raise ValueError(f"max_frame_bytes ({self.max_frame_bytes}) must be at least max_event_bytes "
+                             f"({self.max_event_bytes}): larger events must be read to be answered")
+        return self
 
     @classmethod
     def settings_customise_sources(
