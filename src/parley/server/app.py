@@ -1,5 +1,6 @@
-"""The ASGI application factory: routes, CORS and body limit; at start-up the engines, SIP (when
-`sip_port` is set), `gc.freeze()` of everything built so far, and the load guard."""
+"""The ASGI application factory: routes, CORS, body limit and the internal port's guard; at
+start-up the shared state (cluster/), the engines, SIP (when `sip_port` is set, in worker 0),
+`gc.freeze()` of everything built so far, and the load guard."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import asyncio
 import contextlib
 import gc
 import logging
+import secrets
+import socket
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..cluster.base import SharedState
+from ..cluster.local import LocalShared
 from ..engines.registry import build_engines
 from ..runtime.limits import TokenLimiter
 from ..transports.ice_ports import limit_ice_ports
 from .auth import Keys
 from .calls import router as calls_router
+from .forwarding import is_forwarded
 from .playground import router as playground_router
 from .realtime_ws import realtime_websocket
 from .rest import router
@@ -73,14 +79,74 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class InternalPortGuard:
+    """The internal port (`internal_port` + worker) takes only what other nodes forward, with
+    the cluster secret (server/forwarding.py); health, readiness and metrics are open there too."""
+
+    OPEN = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: ASGIApp, state: AppState, port: int) -> None:
+        self.app, self.state, self.port = app, state, port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if (scope["type"] in ("http", "websocket") and server is not None and server[1] == self.port
+                and scope["path"] not in self.OPEN):
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+            if not is_forwarded(self.state, headers):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = b'{"error":{"message":"Internal port: forwarded requests only.","type":"invalid_request_error","param":null,"code":"forbidden"}}'
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def node_id(worker: int) -> str:
+    """A name for this process in the cluster: host, worker index and a random tag (restarts differ)."""
+    return f"{socket.gethostname()}-w{worker}-{secrets.token_hex(3)}"
+
+
+def advertised_url(settings: Settings, worker: int) -> str:
+    """Where other nodes reach this worker's internal port."""
+    host = settings.advertise_host
+    if not host:
+        wildcard = settings.host in ("0.0.0.0", "::", "")
+        host = socket.gethostbyname(socket.gethostname()) if wildcard else settings.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    scheme = "https" if settings.ssl_certfile else "http"
+    return f"{scheme}://{host}:{settings.internal_port + worker}"
+
+
+def shared_state(settings: Settings, worker: int) -> tuple[SharedState, TokenLimiter]:
+    """In memory for one process; in Redis when `redis_url` is set (with its token counter)."""
+    if not settings.redis_url:
+        return LocalShared(), TokenLimiter(settings.tokens_per_minute)
+    from ..cluster.redis_shared import RedisShared
+    from ..cluster.tokens import ClusterTokenLimiter
+
+    shared = RedisShared(settings.redis_url, node_id=node_id(worker), internal_url=advertised_url(settings, worker),
+                         ttl_s=settings.cluster_ttl_s, heartbeat_s=settings.cluster_heartbeat_s)
+    return shared, ClusterTokenLimiter(shared, settings.tokens_per_minute)  # type: ignore[return-value]
+
+
+def create_app(settings: Settings | None = None, *, worker: int = 0) -> FastAPI:
     settings = settings or Settings()
-    state = AppState(settings=settings, keys=Keys(settings.api_keys), limiter=TokenLimiter(settings.tokens_per_minute))
+    shared, limiter = shared_state(settings, worker)
+    state = AppState(settings=settings, keys=Keys(settings.api_keys, shared), limiter=limiter, shared=shared,
+                     worker=worker)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await shared.start()
+        if shared.clustered:
+            log.info("cluster node", extra={"node": shared.node_id, "worker": worker})
         state.engines = build_engines(settings)
-        if settings.sip_port is not None:
+        if settings.sip_port is not None and worker == 0:  # one SIP endpoint per box
             state.sip = SipCalls(state)
             await state.sip.start()
         # Everything imported and built so far lives as long as the server: move it out of the
@@ -99,12 +165,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if state.sip is not None:
                 await state.sip.close()
             await state.engines.aclose()
+            if state.forwarder is not None:
+                await state.forwarder.aclose()
+            await shared.aclose()
 
     if settings.ice_port_min is not None or settings.ice_port_max is not None:
         limit_ice_ports(settings.ice_port_min or 1024, settings.ice_port_max or 65535)
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.parley = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if shared.clustered:
+        app.add_middleware(InternalPortGuard, state=state, port=settings.internal_port + worker)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

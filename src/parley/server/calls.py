@@ -27,10 +27,12 @@ from ..runtime.media import Media
 from ..runtime.playout import Playout
 from ..runtime.runner import SessionRunner
 from ..transports.webrtc import IceSettings, WebRTCPeer
+from ..cluster.base import SharedStateUnavailable
 from .auth import Principal, header_key
+from .forwarding import forward_http, owner_elsewhere
 from .rest import ClientSecretRequest, api_error
-from .sessions import (RETRY_AFTER_S, capacity_refusal, model_refusal, new_runner, new_session, registered,
-                       session_limit_refusal)
+from .sessions import (RETRY_AFTER_S, Lease, capacity_refusal, model_refusal, new_runner, new_session, registered,
+                       shared_state_error, take_lease)
 from .state import AppState
 
 log = logging.getLogger("parley.calls")
@@ -54,6 +56,7 @@ class Call:
     peer: CallPeer
     runner: SessionRunner
     principal: Principal
+    lease: Lease
     task: asyncio.Task[None] | None = None
     sideband: set[Any] = field(default_factory=set)  # attached WebSockets, closed when the call ends
 
@@ -97,9 +100,11 @@ async def _offer(request: Request) -> tuple[str, Any]:
     return sdp, session
 
 
-def _authenticate(request: Request) -> Principal | None:
+async def _authenticate(request: Request) -> Principal | None:
+    """The caller's principal, or None when its key is refused; `SharedStateUnavailable` when an
+    ephemeral key cannot be looked up."""
     state = _state(request)
-    return state.keys.authenticate(header_key(request.headers), now=state.clock())
+    return await state.keys.authenticate(header_key(request.headers), now=state.clock())
 
 
 async def create_call(request: Request, dialect: str) -> Response:
@@ -107,14 +112,29 @@ async def create_call(request: Request, dialect: str) -> Response:
     if state.draining:
         return api_error(503, "The server is shutting down; call again shortly.", code="server_shutting_down",
                          kind="server_error")
-    principal = _authenticate(request)
+    try:
+        principal = await _authenticate(request)
+    except SharedStateUnavailable:
+        return _unavailable(shared_state_error())
     if principal is None:
         return api_error(401, "Incorrect API key provided. Use an ephemeral key (ek_...) or an API key.",
                          code="invalid_api_key")
     if (refusal := capacity_refusal(state)) is not None:
         return _unavailable(refusal)
-    if (refusal := session_limit_refusal(state, principal)) is not None:
+    try:
+        lease = await take_lease(state, principal)
+    except ProtocolError as refusal:
+        if refusal.code == "shared_state_unavailable":
+            return _unavailable(refusal)
         return api_error(429, refusal.message, code=refusal.code)
+    try:
+        return await _answer(request, state, principal, lease, dialect)
+    finally:
+        if not lease.owned:  # no call took it over: give the place back
+            await lease.release(state)
+
+
+async def _answer(request: Request, state: AppState, principal: Principal, lease: Lease, dialect: str) -> Response:
     try:
         sdp, session_config = await _offer(request)
         bound = session_config if session_config is not None else (
@@ -142,8 +162,10 @@ async def create_call(request: Request, dialect: str) -> Response:
     session = new_session(state, kind="realtime", dialect=dialect, model=model, bound=bound, media=True)
     runner = new_runner(state, session, peer.events, principal, transport_name="webrtc",
                         media=Media(peer.microphone, playout))
-    call = Call(new_call_id(), peer, runner, principal)
+    call = Call(new_call_id(), peer, runner, principal, lease)
+    lease.owned = True
     state.calls[call.id] = call
+    await state.shared.register_call(call.id, principal.key_id)
     call.task = asyncio.create_task(_run_call(state, call), name=call.id)
     log.info("call answered", extra={"call_id": call.id, "session_id": session.id, "key_id": principal.key_id})
     return Response(answer, status_code=201, media_type="application/sdp",
@@ -158,7 +180,7 @@ def _unavailable(refusal: ProtocolError) -> Response:
 async def _run_call(state: AppState, call: Call) -> None:
     watchdog = asyncio.create_task(_drop_if_never_connected(call, state.settings.call_connect_timeout_s))
     try:
-        with registered(state, call.runner, call.principal):
+        async with registered(state, call.runner, call.lease):
             await call.runner.run()
     except Exception:
         log.exception("call failed", extra={"call_id": call.id})
@@ -166,6 +188,7 @@ async def _run_call(state: AppState, call: Call) -> None:
         watchdog.cancel()
         await call.peer.close()
         state.calls.pop(call.id, None)
+        await state.shared.unregister_call(call.id)
         for ws in list(call.sideband):
             with contextlib.suppress(Exception):
                 await ws.close(1000, "call_ended")
@@ -194,7 +217,12 @@ async def beta_calls(request: Request) -> Response:
 @router.post("/v1/realtime/calls/{call_id}/hangup")
 async def hangup(call_id: str, request: Request) -> Response:
     state = _state(request)
-    principal = _authenticate(request)
+    if (owner := await owner_elsewhere(state, request.headers, call_id)) is not None:
+        return await forward_http(request, state, owner)
+    try:
+        principal = await _authenticate(request)
+    except SharedStateUnavailable:
+        return _unavailable(shared_state_error())
     if principal is None:
         return api_error(401, "Incorrect API key provided.", code="invalid_api_key")
     call = state.calls.get(call_id)

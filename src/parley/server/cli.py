@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 from .settings import Settings
+
+log = logging.getLogger("parley.server")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="a TOML settings file (PARLEY_CONFIG)")
     serve.add_argument("--ssl-certfile", help="TLS certificate (PARLEY_SSL_CERTFILE), for wss:// clients")
     serve.add_argument("--ssl-keyfile", help="TLS private key (PARLEY_SSL_KEYFILE)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (PARLEY_WORKERS; default: one "
+                                                   "per core with PARLEY_REDIS_URL, else 1)")
     return parser
 
 
@@ -26,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.config:
         os.environ["PARLEY_CONFIG"] = args.config
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "ssl_certfile": args.ssl_certfile,
-                                   "ssl_keyfile": args.ssl_keyfile}.items() if v is not None}
+                                   "ssl_keyfile": args.ssl_keyfile, "workers": args.workers}.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValueError as exc:
@@ -39,6 +44,20 @@ def main(argv: list[str] | None = None) -> None:
     from .logs import configure
 
     configure(settings.log_level, settings.log_json)
+    workers = settings.worker_count
+    if workers > 1 and not settings.redis_url:
+        sys.exit("parley: --workers above 1 needs PARLEY_REDIS_URL: the workers share keys, limits and calls there")
+    if settings.redis_url:
+        from .workers import Supervisor, serve_worker
+
+        if settings.llm_base_url is None and workers > 1:
+            log.warning("each of the %d workers loads the embedded LLM: set PARLEY_LLM_BASE_URL to share one server",
+                        workers)
+        if workers == 1:
+            serve_worker(settings, 0, in_group=False)
+        else:
+            Supervisor(settings, workers).run()
+        return
     from .graceful import GracefulServer
 
     app = create_app(settings)

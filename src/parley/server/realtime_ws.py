@@ -6,10 +6,11 @@ import logging
 
 from starlette.websockets import WebSocket
 
+from ..cluster.base import SharedStateUnavailable
 from ..protocol.errors import ProtocolError
 from ..transports.websocket import WebSocketTransport, accept, presented_key, refuse, wants_beta
 from .sideband import attach_sideband
-from .sessions import capacity_refusal, model_refusal, new_runner, new_session, registered, session_limit_refusal
+from .sessions import capacity_refusal, model_refusal, new_runner, new_session, registered, shared_state_error, take_lease
 from .state import AppState
 
 log = logging.getLogger("parley.ws")
@@ -28,7 +29,11 @@ async def realtime_websocket(ws: WebSocket) -> None:
         return
     now = state.clock()
     key = presented_key(ws)
-    principal = state.keys.authenticate(key, now=now)
+    try:
+        principal = await state.keys.authenticate(key, now=now)
+    except SharedStateUnavailable:
+        await refuse(ws, shared_state_error(), RETRY_CLOSE)
+        return
     if principal is None:
         if key is None:
             err = ProtocolError("Missing bearer or basic authentication in header", None)
@@ -39,9 +44,9 @@ async def realtime_websocket(ws: WebSocket) -> None:
         return
     query = ws.query_params
     if query.get("call_id"):
-        await attach_sideband(ws, state, principal, query["call_id"])
+        await attach_sideband(ws, state, principal, query["call_id"], key)
         return
-    if (refusal := capacity_refusal(state) or session_limit_refusal(state, principal)) is not None:
+    if (refusal := capacity_refusal(state)) is not None:
         await refuse(ws, refusal, RETRY_CLOSE)
         return
     intent = query.get("intent")
@@ -55,7 +60,12 @@ async def realtime_websocket(ws: WebSocket) -> None:
     if kind == "realtime" and (refusal := model_refusal(state, model)) is not None:
         await refuse(ws, refusal, REQUEST_CLOSE)
         return
+    try:
+        lease = await take_lease(state, principal)
+    except ProtocolError as refusal:
+        await refuse(ws, refusal, RETRY_CLOSE)
+        return
     session = new_session(state, kind=kind, dialect="beta" if wants_beta(ws) else "ga", model=model, bound=bound)
     runner = new_runner(state, session, WebSocketTransport(ws), principal)
-    with registered(state, runner, principal):
+    async with registered(state, runner, lease):
         await runner.run()

@@ -1,4 +1,5 @@
-"""REST routes: ephemeral keys (GA and beta), models, metrics, health and readiness."""
+"""REST routes: ephemeral keys (GA and beta; minting and revoking), models, metrics, health and
+readiness."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from ..protocol.client_events import beta_session_to_ga
 from ..protocol.errors import ProtocolError
 from ..protocol.session_config import to_beta
 from ..protocol.strict import Strict, parse_strict
+from ..cluster.base import SharedStateUnavailable
 from .auth import header_key
-from .sessions import saturation
+from .sessions import RETRY_AFTER_S, saturation
 from .state import AppState
 
 router = APIRouter()
@@ -78,6 +80,38 @@ def _protocol_error(err: ProtocolError) -> JSONResponse:
     return api_error(400, err.message, code=err.code, param=err.param)
 
 
+async def _mint(state: AppState, ttl: int, bound: Any, kind: str) -> tuple[str, int] | JSONResponse:
+    try:
+        return await state.keys.mint(now=state.clock(), ttl_s=ttl, bound=bound, kind=kind)
+    except SharedStateUnavailable:
+        return api_error(503, "The server cannot reach its shared state (Redis) to store the key; retry shortly.",
+                         code="shared_state_unavailable", kind="server_error", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class RevokeRequest(Strict):
+    value: str
+
+
+@router.post("/v1/realtime/client_secrets/revoke")
+async def revoke_client_secret(request: Request) -> Any:
+    """Parley's own: revoke an ephemeral key on every node at once (sessions it opened run on)."""
+    if (denied := _require_api_key(request)) is not None:
+        return denied
+    state = _state(request)
+    try:
+        req = parse_strict(RevokeRequest, await _json_body(request))
+        revoked = await state.keys.revoke(req.value)
+    except ProtocolError as err:
+        return _protocol_error(err)
+    except SharedStateUnavailable:
+        return api_error(503, "The server cannot reach its shared state (Redis); retry shortly.",
+                         code="shared_state_unavailable", kind="server_error", headers={"Retry-After": str(RETRY_AFTER_S)})
+    if not revoked:
+        return api_error(404, "No such ephemeral key (it may have expired).", code="client_secret_not_found",
+                         param="value")
+    return {"object": "realtime.client_secret.revoked", "revoked": True}
+
+
 @router.post("/v1/realtime/client_secrets")
 async def client_secrets(request: Request) -> Any:
     if (denied := _require_api_key(request)) is not None:
@@ -92,7 +126,10 @@ async def client_secrets(request: Request) -> Any:
         return _protocol_error(err)
     ttl = (req.expires_after or ExpiresAfter()).seconds
     kind = session.type if session is not None else "realtime"
-    value, expires_at = state.keys.mint(now=state.clock(), ttl_s=ttl, bound=session, kind=kind)
+    minted = await _mint(state, ttl, session, kind)
+    if isinstance(minted, JSONResponse):
+        return minted
+    value, expires_at = minted
     config = _effective(state, session, kind)
     config["expires_at"] = 0
     return {"value": value, "expires_at": expires_at, "session": config}
@@ -115,7 +152,10 @@ async def beta_sessions(request: Request) -> Any:
     ttl = _beta_ttl(req.client_secret, "expires_after", default=60)
     if isinstance(ttl, JSONResponse):
         return ttl
-    value, expires_at = state.keys.mint(now=state.clock(), ttl_s=ttl, bound=bound, kind="realtime")
+    minted = await _mint(state, ttl, bound, "realtime")
+    if isinstance(minted, JSONResponse):
+        return minted
+    value, expires_at = minted
     session = to_beta(_effective(state, bound, "realtime"), req.temperature or 0.8)
     session["expires_at"] = 0
     return {**session, "client_secret": {"value": value, "expires_at": expires_at}}
@@ -135,7 +175,10 @@ async def beta_transcription_sessions(request: Request) -> Any:
     ttl = _beta_ttl(req.client_secret, "expires_at", default=600)
     if isinstance(ttl, JSONResponse):
         return ttl
-    value, expires_at = state.keys.mint(now=state.clock(), ttl_s=ttl, bound=bound, kind="transcription")
+    minted = await _mint(state, ttl, bound, "transcription")
+    if isinstance(minted, JSONResponse):
+        return minted
+    value, expires_at = minted
     session = to_beta(_effective(state, bound, "transcription"))
     session.pop("expires_at", None)
     return {**session, "client_secret": {"value": value, "expires_at": expires_at}}
@@ -181,7 +224,8 @@ async def readyz(request: Request) -> Any:
     status = "not_ready" if not (engines and engines.ready) else saturated or "ready"
     body: dict[str, Any] = {"status": status, "engines": engines.all_status() if engines else {},
                             "missing_engines": engines.speech.missing() if engines else [],
-                            "live_sessions": state.live_sessions}
+                            "live_sessions": state.live_sessions, "node": state.shared.node_id,
+                            "worker": state.worker}
     if state.load is not None:
         load = state.load.load
         body["load"] = {"cpu_share": round(load.cpu_share, 3), "lag_ms": round(load.lag_s * 1000, 1)}

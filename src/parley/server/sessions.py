@@ -1,9 +1,10 @@
 """Building, admitting and registering live sessions, shared by the WebSocket, WebRTC and SIP
 entry points.
 
-Admission: a key may hold `max_sessions_per_key` sessions; the process takes at most
-`max_sessions` (all transports) and none while its event loop is overloaded (`LoadGuard`,
-runtime/load.py).  Refusals are counted by reason; live sessions are never dropped for load.
+Admission: a key may hold `max_sessions_per_key` sessions across every node (a lease in the
+shared state, cluster/); the process takes at most `max_sessions` (all transports) and none
+while its event loop is overloaded (`LoadGuard`, runtime/load.py) or the shared state does not
+answer.  Refusals are counted by reason; live sessions are never dropped for load.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+from ..cluster.base import SharedStateUnavailable
 from ..core.session import Session, SessionSetup
 from ..protocol.errors import ProtocolError
 from ..runtime.load import Load, LoadGuard
@@ -37,13 +40,38 @@ def model_refusal(state: AppState, model: str) -> ProtocolError | None:
                          + ", ".join(models[:8]) + ("..." if len(models) > 8 else ""), "invalid_model", "model")
 
 
-def session_limit_refusal(state: AppState, principal: Principal) -> ProtocolError | None:
+@dataclass
+class Lease:
+    """One session's place under its key's limit (None `id`: the key has no limit)."""
+
+    key_id: str
+    id: str | None
+    owned: bool = False  # a call holds it (and gives it back when it ends)
+
+    async def release(self, state: AppState) -> None:
+        if self.id is not None:
+            await state.shared.release_session(self.key_id, self.id)
+            self.id = None
+
+
+def shared_state_error() -> ProtocolError:
+    count(SESSIONS_REFUSED, "shared_state")
+    return ProtocolError("The server cannot reach its shared state (Redis); retry in a few seconds.",
+                         "shared_state_unavailable", type="server_error")
+
+
+async def take_lease(state: AppState, principal: Principal) -> Lease:
+    """A place for one more session of the principal's key; raises the refusal (`ProtocolError`)."""
     limit = state.settings.max_sessions_per_key
-    if limit and state.sessions_by_key.get(principal.key_id, 0) >= limit:
+    try:
+        lease = await state.shared.acquire_session(principal.key_id, limit)
+    except SharedStateUnavailable:
+        raise shared_state_error() from None
+    if lease is None:
         count(SESSIONS_REFUSED, "key_limit")
-        return ProtocolError(f"This key already has {limit} concurrent sessions, the most allowed "
-                             "(PARLEY_MAX_SESSIONS_PER_KEY).", "session_limit_exceeded")
-    return None
+        raise ProtocolError(f"This key already has {limit} concurrent sessions, the most allowed "
+                            "(PARLEY_MAX_SESSIONS_PER_KEY).", "session_limit_exceeded")
+    return Lease(principal.key_id, lease)
 
 
 def open_sessions(state: AppState) -> int:
@@ -58,6 +86,8 @@ def saturation(state: AppState) -> str | None:
         return "max_sessions"
     if state.load is not None and state.load.overloaded:
         return "overloaded"
+    if not state.shared.healthy:
+        return "shared_state"
     return None
 
 
@@ -66,6 +96,8 @@ def capacity_refusal(state: AppState) -> ProtocolError | None:
     reason = saturation(state)
     if reason is None:
         return None
+    if reason == "shared_state":
+        return shared_state_error()
     count(SESSIONS_REFUSED, reason)
     why = (f"is at its limit of {state.settings.max_sessions} concurrent sessions" if reason == "max_sessions"
            else "is overloaded")
@@ -119,17 +151,15 @@ def new_runner(state: AppState, session: Session, transport: Transport, principa
     )
 
 
-@contextlib.contextmanager
-def registered(state: AppState, runner: SessionRunner, principal: Principal) -> Iterator[None]:
-    """Count the session as live (for limits, shutdown and /metrics) while the block runs."""
+@contextlib.asynccontextmanager
+async def registered(state: AppState, runner: SessionRunner, lease: Lease) -> AsyncIterator[None]:
+    """Count the session as live (for limits, shutdown and /metrics) while the block runs; its
+    lease is given back at the end."""
     state.live_sessions += 1
     state.runners.add(runner)
-    state.sessions_by_key[principal.key_id] = state.sessions_by_key.get(principal.key_id, 0) + 1
     try:
         yield
     finally:
         state.live_sessions -= 1
         state.runners.discard(runner)
-        state.sessions_by_key[principal.key_id] -= 1
-        if not state.sessions_by_key[principal.key_id]:
-            del state.sessions_by_key[principal.key_id]
+        await lease.release(state)

@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     sip_rtp_port_max: int | None = None
     sip_rtp_timeout_s: float = 30.0  # a call whose caller sends no RTP for this long is hung up (BYE); 0: never
 
+    # scale-out (README "Scaling out"): worker processes, and state shared in Redis
+    workers: int = Field(default=0, ge=0)  # 0: one per core with redis_url, else 1
+    redis_url: str | None = None  # redis://host:6379/0; unset: one process, state in memory
+    cluster_secret: SecretStr | None = None  # shared by every node: authenticates forwarded requests
+    advertise_host: str | None = None  # the address other nodes reach this one at; default: this host's IP
+    internal_port: int = 8100  # worker i also listens on internal_port + i, for requests other nodes forward
+    cluster_ttl_s: float = Field(default=15.0, gt=0)  # a node's leases and calls lapse this long after its last heartbeat
+    cluster_heartbeat_s: float = Field(default=5.0, gt=0)
+
     shutdown_grace_s: float = 30.0  # on SIGTERM, live sessions get this long before a 1001 close
 
     # logging
@@ -126,6 +135,22 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_secret(self) -> Settings:
+        if self.redis_url and not self.cluster_secret:
+            raise ValueError("PARLEY_REDIS_URL needs PARLEY_CLUSTER_SECRET (the same on every node): it authenticates "
+                             "the requests nodes forward to each other")
+        if self.cluster_heartbeat_s * 2 > self.cluster_ttl_s:
+            raise ValueError("PARLEY_CLUSTER_TTL_S must be at least twice PARLEY_CLUSTER_HEARTBEAT_S")
+        return self
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with 0 meaning one per core when Redis is shared, else one."""
+        if self.workers:
+            return self.workers
+        return (os.cpu_count() or 1) if self.redis_url else 1
 
     @model_validator(mode="after")
     def _frames_hold_events(self) -> Settings:

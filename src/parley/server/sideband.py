@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 from ..protocol.errors import ProtocolError
 from ..transports.websocket import WebSocketTransport, refuse
 from .auth import Principal
+from .forwarding import forward_websocket, owner_elsewhere
 from .state import AppState
 
 log = logging.getLogger("parley.sideband")
@@ -27,7 +28,10 @@ SLOW_CLOSE = 1013
 MAX_QUEUED_EVENTS = 2048  # events waiting for a slow sideband reader before it is dropped
 
 
-async def attach_sideband(ws: WebSocket, state: AppState, principal: Principal, call_id: str) -> None:
+async def attach_sideband(ws: WebSocket, state: AppState, principal: Principal, call_id: str, key: str | None) -> None:
+    if (owner := await owner_elsewhere(state, ws.headers, call_id)) is not None:
+        await forward_websocket(ws, state, owner, key)  # the call lives on another node
+        return
     call = state.calls.get(call_id)
     if call is None or not call.open_to(principal):
         await refuse(ws, ProtocolError(f"Call '{call_id[:64]}' not found.", "call_not_found", "call_id"), REQUEST_CLOSE)

@@ -35,7 +35,9 @@ from ..transports.webrtc import DataChannelTransport
 from .auth import Principal, header_key
 from .calls import Call, _run_call
 from .rest import ClientSecretRequest, api_error
-from .sessions import RETRY_AFTER_S, capacity_refusal, model_refusal, new_runner, new_session, session_limit_refusal
+from ..cluster.base import SharedStateUnavailable
+from .forwarding import forward_http, owner_elsewhere
+from .sessions import RETRY_AFTER_S, Lease, capacity_refusal, model_refusal, new_runner, new_session, shared_state_error, take_lease
 from .state import AppState
 from .webhooks import deliver
 
@@ -99,7 +101,7 @@ class CallError(Exception):
     @classmethod
     def refused(cls, refusal: ProtocolError) -> CallError:
         """An admission refusal: 400 for the model, 503 at capacity, 429 for the key's limit."""
-        status = {"invalid_model": 400, "server_overloaded": 503}.get(refusal.code or "", 429)
+        status = {"invalid_model": 400, "server_overloaded": 503, "shared_state_unavailable": 503}.get(refusal.code or "", 429)
         return cls(status, refusal.message, refusal.code or "", refusal.param, refusal.type)
 
 
@@ -149,6 +151,7 @@ class SipCalls:
         timer = asyncio.get_running_loop().call_later(self.state.settings.sip_answer_timeout_s, self.refuse,
                                                       call_id, NO_ANSWER)
         self.ringing[call_id] = Ringing(call_id, invite, offer, timer)
+        self._spawn(self.state.shared.register_call(call_id, "sip"))  # /accept may reach another node
         invite.respond(180)
         log.info("call ringing", extra={"call_id": call_id, "peer": invite.flow.remote[0]})
         if self.state.settings.sip_webhook_url:
@@ -161,6 +164,7 @@ class SipCalls:
             if ringing.invite is invite:
                 ringing.timer.cancel()
                 del self.ringing[call_id]
+                self._spawn(self.state.shared.unregister_call(call_id))
                 log.info("call cancelled by the caller", extra={"call_id": call_id})
 
     def on_ack(self, dialog: Dialog) -> None:
@@ -227,6 +231,7 @@ class SipCalls:
             return False
         ringing.timer.cancel()
         ringing.invite.respond(status, headers=headers)
+        self._spawn(self.state.shared.unregister_call(call_id))
         log.info("call refused", extra={"call_id": call_id, "status": status})
         return True
 
@@ -261,10 +266,23 @@ class SipCalls:
         if call_id not in self.ringing:
             raise _not_ringing(state, call_id)
         model = getattr(config, "model", None) or state.settings.default_model
-        if (refusal := model_refusal(state, model) or capacity_refusal(state)
-                or session_limit_refusal(state, principal)) is not None:
+        if (refusal := model_refusal(state, model) or capacity_refusal(state)) is not None:
             raise CallError.refused(refusal)
-        ringing = self.ringing[call_id]
+        try:
+            lease = await take_lease(state, principal)
+        except ProtocolError as refusal:
+            raise CallError.refused(refusal) from None
+        try:
+            await self._answer(call_id, config, principal, model, lease)
+        finally:
+            if not lease.owned:
+                await lease.release(state)
+
+    async def _answer(self, call_id: str, config: Any, principal: Principal, model: str, lease: Lease) -> None:
+        state = self.state
+        ringing = self.ringing.get(call_id)
+        if ringing is None:  # cancelled or refused while the lease was taken
+            raise _not_ringing(state, call_id)
         runner: SessionRunner | None = None
         playout = Playout(lambda event: runner.inbox.put_control(event) if runner else None)
         rtp = RtpEndpoint(playout, lambda key: runner.inbox.put_control(DtmfReceived(key, int(state.clock())))
@@ -293,7 +311,8 @@ class SipCalls:
         invite.respond(200, body=body.encode(), headers=[("content-type", "application/sdp")])
         assert invite.dialog is not None
         peer.dialog, invite.dialog.context = invite.dialog, peer
-        call = Call(call_id, peer, runner, principal)
+        call = Call(call_id, peer, runner, principal, lease)
+        lease.owned = True
         state.calls[call_id] = call
         call.task = asyncio.create_task(_run_call(state, call), name=call_id)
         log.info("call accepted", extra={"call_id": call_id, "session_id": session.id, "key_id": principal.key_id})
@@ -340,7 +359,10 @@ def _state(request: Request) -> AppState:
 async def _control(request: Request, call_id: str) -> tuple[SipCalls, Principal, dict[str, Any]]:
     """The SIP entry point, the API key's principal and the JSON body of a control request."""
     state = _state(request)
-    principal = state.keys.authenticate(header_key(request.headers), now=state.clock(), allow_ephemeral=False)
+    try:
+        principal = await state.keys.authenticate(header_key(request.headers), now=state.clock(), allow_ephemeral=False)
+    except SharedStateUnavailable:
+        raise CallError.refused(shared_state_error()) from None
     if principal is None:
         raise CallError(401, "Incorrect API key provided. Controlling SIP calls takes an API key.", "invalid_api_key")
     sip: SipCalls | None = state.sip
@@ -358,12 +380,16 @@ async def _control(request: Request, call_id: str) -> tuple[SipCalls, Principal,
 
 
 async def _handle(request: Request, call_id: str, action: Any) -> Response:
+    state = _state(request)
+    if (owner := await owner_elsewhere(state, request.headers, call_id)) is not None:
+        return await forward_http(request, state, owner)  # the call rings or runs on another node
     try:
         sip, principal, body = await _control(request, call_id)
         await action(sip, principal, body)
     except CallError as err:
         return api_error(err.status, err.message, code=err.code, param=err.param, kind=err.kind,
-                         headers={"Retry-After": str(RETRY_AFTER_S)} if err.code == "server_overloaded" else None)
+                         headers={"Retry-After": str(RETRY_AFTER_S)}
+                         if err.code in ("server_overloaded", "shared_state_unavailable") else None)
     except ProtocolError as err:
         return api_error(400, err.message, code=err.code, param=err.param)
     return Response(status_code=200)
