@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from parley.cluster.local import LocalShared
 from parley.server.auth import Keys
 from parley.server.settings import Settings
 
@@ -38,11 +41,28 @@ def test_refuses_public_bind_without_keys() -> None:
     Settings(host="127.0.0.1", api_keys=[]).check_exposure()
 
 
-def test_key_checks() -> None:
-    keys = Keys(["k1", "k2"])
+async def test_key_checks() -> None:
+    keys = Keys(["k1", "k2"], LocalShared())
     assert keys.check_api_key("k2") and not keys.check_api_key("k3") and not keys.check_api_key(None)
-    assert keys.authenticate("k1", now=0) is not None and keys.authenticate("bad", now=0) is None
-    value, expires_at = keys.mint(now=100.0, ttl_s=10, bound=None, kind="realtime")
-    assert keys.authenticate(value, now=105.0) is not None
-    assert keys.authenticate(value, now=110.0) is None  # expired
-    assert "k1" not in repr(keys.authenticate("k1", now=0))
+    assert await keys.authenticate("k1", now=0) is not None and await keys.authenticate("bad", now=0) is None
+    value, expires_at = await keys.mint(now=100.0, ttl_s=10, bound=None, kind="realtime")
+    assert expires_at == 110
+    assert await keys.authenticate(value, now=105.0) is not None
+    assert await keys.authenticate(value, now=110.0) is None  # expired
+    assert "k1" not in repr(await keys.authenticate("k1", now=0))
+    other, _ = await keys.mint(now=100.0, ttl_s=10, bound=None, kind="realtime")
+    assert await keys.revoke(other) and await keys.authenticate(other, now=101.0) is None
+    assert not await keys.revoke(other) and not await keys.revoke("k1")
+
+
+def test_redis_needs_a_cluster_secret() -> None:
+    with pytest.raises(ValueError, match="PARLEY_CLUSTER_SECRET"):
+        Settings(redis_url="redis://127.0.0.1:6379/0")
+    settings = Settings(redis_url="redis://127.0.0.1:6379/0", cluster_secret="s")
+    assert settings.worker_count == (os.cpu_count() or 1)
+    assert Settings().worker_count == 1 and Settings(workers=3).worker_count == 3
+
+
+def test_frames_must_hold_events() -> None:
+    with pytest.raises(ValueError, match="max_frame_bytes"):
+        Settings(max_event_bytes=2000, max_frame_bytes=1000)
