@@ -282,3 +282,48 @@ async def test_workers_share_one_port_and_forward_calls_between_them(redis_serve
         assert box.proc.wait(20) == 0
     finally:
         box.stop()
+
+
+async def test_tokens_per_minute_are_counted_across_nodes(redis_server, scripted_llm, llm) -> None:
+    env = node_env(redis_server.url, scripted_llm, PARLEY_TOKENS_PER_MINUTE="100000")
+    a, b = ParleyServer(dict(env), name="tpm-a"), ParleyServer({**env, "PARLEY_INTERNAL_PORT": str(free_port())}, name="tpm-b")
+    with a, b:
+        ws_a, ws_b = await open_session(a), await open_session(b)
+        await first_event(ws_a)
+        await first_event(ws_b)
+        done = await text_turn(ws_a, llm, "A reply of a few tokens from node A.")
+        used = done["response"]["usage"]["total_tokens"]
+        assert used > 0
+        await asyncio.sleep(2.5)  # both nodes flush once a second
+
+        async def remaining(ws) -> int:
+            await text_turn(ws, llm, "x")
+            while (event := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] != "rate_limits.updated":
+                pass
+            return event["rate_limits"][0]["remaining"]
+
+        left_b = await remaining(ws_b)  # node B's count includes node A's response
+        assert left_b <= 100000 - used
+        await ws_a.close()
+        await ws_b.close()
+
+
+async def test_a_ringing_sip_call_is_rejected_through_the_other_node(redis_server, scripted_llm, tmp_path) -> None:
+    from tests.support.sip_caller import SippRun, WebhookReceiver
+
+    with WebhookReceiver() as webhook:
+        sip_port = free_port()
+        env = node_env(redis_server.url, scripted_llm, PARLEY_SIP_PORT=str(sip_port), PARLEY_SIP_WEBHOOK_URL=webhook.url,
+                       PARLEY_SIP_ANSWER_TIMEOUT_S="10")
+        with ParleyServer(env, name="sip-node"), ParleyServer(node_env(redis_server.url, scripted_llm),
+                                                           name="no-sip-node") as other:
+            if True:
+                sipp = await SippRun("uac_refused", sip_port, keys={"rtp_ip": "127.0.0.1", "rtp_port": "4000"}).start(tmp_path)
+                try:
+                    _, body = await webhook.next_delivery(0)
+                    call_id = json.loads(body)["data"]["call_id"]
+                    await sdk(other).realtime.calls.reject(call_id, status_code=486)  # forwarded to the SIP node
+                    assert await sipp.wait(10) == 0, sipp.messages()[-3000:]
+                    assert "SIP/2.0 486 " in sipp.messages()
+                finally:
+                    await sipp.stop()

@@ -2,7 +2,7 @@
 
 Each node keeps what it used since its last flush and, once a second (the shared state's
 flushers), adds it to `tpm:<key id>:<minute>` in Redis and reads back every node's total for
-the keys it served.  `remaining()` is that total plus what this node has not flushed yet, so a
+the keys it has live sessions of (or used this minute).  `remaining()` is that total plus what this node has not flushed yet, so a
 key that spreads its sessions over nodes can overshoot its budget by at most about a second of
 the other nodes' use.  Windows are calendar minutes (the same on every node).
 """
@@ -24,7 +24,16 @@ class ClusterTokenLimiter:
         self.clock = clock
         self._pending: dict[tuple[str, int], int] = {}  # (key id, minute) -> tokens not flushed yet
         self._totals: dict[tuple[str, int], int] = {}  # every node's total at the last flush
+        self._live: dict[str, int] = {}  # key id -> this node's live sessions of it (their totals are read back)
         shared.flushers.append(self.flush)
+
+    def session_started(self, key: str) -> None:
+        self._live[key] = self._live.get(key, 0) + 1
+
+    def session_ended(self, key: str) -> None:
+        self._live[key] -= 1
+        if not self._live[key]:
+            del self._live[key]
 
     @staticmethod
     def _minute(now: float) -> int:
@@ -51,7 +60,7 @@ class ClusterTokenLimiter:
         for slot in [s for s in self._totals if s[1] < minute]:
             del self._totals[slot]
         pending, self._pending = self._pending, {}
-        slots = sorted(set(pending) | set(self._totals))
+        slots = sorted(set(pending) | set(self._totals) | {(key, minute) for key in self._live})
         if not slots:
             return
 

@@ -22,6 +22,12 @@ class TokenLimiter:
             w = self._windows[key] = _Window(now)
         return w
 
+    def session_started(self, key: str) -> None:
+        """A session of `key` opened (the clustered limiter follows its key's total; here, nothing)."""
+
+    def session_ended(self, key: str) -> None:
+        """That session ended."""
+
     def record(self, key: str, tokens: int, now: float) -> None:
         self._window(key, now).used += tokens
 

@@ -157,9 +157,11 @@ async def registered(state: AppState, runner: SessionRunner, lease: Lease) -> As
     lease is given back at the end."""
     state.live_sessions += 1
     state.runners.add(runner)
+    state.limiter.session_started(lease.key_id)
     try:
         yield
     finally:
         state.live_sessions -= 1
         state.runners.discard(runner)
+        state.limiter.session_ended(lease.key_id)
         await lease.release(state)
