@@ -60,10 +60,11 @@ async def test_speed_changes_duration(tts: EspeakTTS) -> None:
 
 
 def test_speed_to_rate() -> None:
-    assert speed_to_rate(1.0) == 175
-    assert speed_to_rate(1.5) == 262
-    assert speed_to_rate(0.25) == 80  # espeak's minimum
-    assert speed_to_rate(4.0) == 450  # and maximum
+    assert speed_to_rate(1.0) == (175, 1.0)
+    assert speed_to_rate(1.5) == (262, 1.0)
+    rate, rest = speed_to_rate(0.25)  # espeak's minimum, and the rest by time-stretching
+    assert rate == 80 and rest == pytest.approx(0.25 / (80 / 175))
+    assert speed_to_rate(4.0) == (450, pytest.approx(4.0 / (450 / 175)))  # and maximum
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(EngineError) as err:
             speed_to_rate(bad)
@@ -266,3 +267,29 @@ def test_missing_library_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(EngineError) as err:
         mod._Espeak()
     assert err.value.code == "engine_unavailable"
+
+
+def _pitch_hz(audio: np.ndarray, rate: int) -> float:
+    """Median fundamental of the voiced 40 ms frames (autocorrelation, 70-400 Hz)."""
+    frame, found = int(rate * 0.04), []
+    x = audio.astype(np.float64)
+    for start in range(0, len(x) - frame, frame):
+        f = x[start:start + frame]
+        if np.sqrt(np.mean(f ** 2)) < 1000:
+            continue
+        ac = np.correlate(f, f, "full")[frame - 1:]
+        lo, hi = rate // 400, rate // 70
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.5 * ac[0]:
+            found.append(rate / lag)
+    return float(np.median(found))
+
+
+async def test_the_slowest_api_speed_is_reached_by_stretching_at_the_same_pitch(tts: EspeakTTS) -> None:
+    normal = await speak(tts, SENTENCE, speed=1.0)
+    slowest = await speak(tts, SENTENCE, speed=0.25)
+    ratio = len(slowest) / len(normal)
+    pitch_normal, pitch_slow = _pitch_hz(normal, tts.sample_rate), _pitch_hz(slowest, tts.sample_rate)
+    print(f"\nspeed 0.25: {ratio:.2f}x as long; pitch {pitch_normal:.0f} Hz -> {pitch_slow:.0f} Hz")
+    assert 3.0 < ratio < 5.0  # espeak alone stops at 80 wpm (about 2.2x as long)
+    assert abs(pitch_slow - pitch_normal) / pitch_normal < 0.12

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import math
 import re
 import threading
 from collections.abc import AsyncIterator, Mapping
@@ -27,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from parley.engines.errors import EngineError
+from parley.engines.time_stretch import native_speed, stretch
 from parley.engines.tts import VoiceMap
 
 # speak_lib.h
@@ -179,12 +179,12 @@ def split_text(text: str, max_chars: int = 300) -> list[str]:
     return pieces
 
 
-def speed_to_rate(speed: float) -> int:
-    """The Realtime API's speed factor -> espeak words per minute (175 * speed, clamped to
-    espeak's 80-450: the API's minimum 0.25 becomes 80 wpm, about 0.46x)."""
-    if not (isinstance(speed, int | float) and math.isfinite(speed) and speed > 0):
-        raise EngineError(f"speed must be a positive number, got {speed!r}", code="invalid_speed")
-    return max(_RATE_MIN, min(_RATE_MAX, round(_RATE_NORMAL * speed)))
+def speed_to_rate(speed: float) -> tuple[int, float]:
+    """The Realtime API's speed factor -> (espeak words per minute, the factor left to stretch):
+    175 * speed within espeak's 80-450; the API's minimum 0.25 is 80 wpm (about 0.46x) stretched
+    by 0.55 more (engines/time_stretch.py)."""
+    native, rest = native_speed(speed, _RATE_MIN / _RATE_NORMAL, _RATE_MAX / _RATE_NORMAL)
+    return max(_RATE_MIN, min(_RATE_MAX, round(_RATE_NORMAL * native))), rest
 
 
 class EspeakTTS:
@@ -218,7 +218,7 @@ class EspeakTTS:
     ) -> AsyncIterator[bytes]:
         if self._closed:
             raise EngineError("the espeak engine is closed", code="engine_closed")
-        native_voice, rate = self.voices.resolve(voice), speed_to_rate(speed)
+        native_voice, (rate, rest) = self.voices.resolve(voice), speed_to_rate(speed)
         native, end_pause, abort = self._native, self._end_pause, threading.Event()
         loop = asyncio.get_running_loop()
         try:
@@ -226,6 +226,8 @@ class EspeakTTS:
                 audio = await loop.run_in_executor(
                     native.executor, native.synth, piece, native_voice, rate, end_pause, abort
                 )
+                if rest != 1.0:
+                    audio = await asyncio.to_thread(stretch, audio, self.sample_rate, rest)
                 for start in range(0, len(audio), self._chunk_bytes):
                     yield audio[start : start + self._chunk_bytes]
         finally:

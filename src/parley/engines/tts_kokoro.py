@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import re
 import threading
@@ -42,6 +41,7 @@ import numpy as np
 
 from parley.engines.errors import EngineError
 from parley.engines.hub import hub_offline
+from parley.engines.time_stretch import native_speed, stretch
 from parley.engines.tts import VoiceMap
 from parley.engines.tts_espeak import split_text
 
@@ -147,9 +147,7 @@ class KokoroTTS:
         if native not in self._voice_names:
             raise EngineError(f"Kokoro has no voice {native!r} (voices file {self.voices_file})",
                               code="invalid_voice")  # fmt: skip
-        if not (isinstance(speed, int | float) and math.isfinite(speed) and speed > 0):
-            raise EngineError(f"speed must be a positive number, got {speed!r}", code="invalid_speed")
-        speed = max(_SPEED_MIN, min(_SPEED_MAX, float(speed)))
+        speed, rest = native_speed(speed, _SPEED_MIN, _SPEED_MAX)
         language = _LANGUAGES.get(native[:1], "en-us")
         import onnxruntime
 
@@ -163,6 +161,8 @@ class KokoroTTS:
                 except RuntimeError as exc:  # the executor was shut down by aclose()
                     raise EngineError("the Kokoro engine is closed", code="engine_closed") from exc
                 audio = await work
+                if rest != 1.0:
+                    audio = await asyncio.to_thread(stretch, audio, self.sample_rate, rest)
                 for start in range(0, len(audio), self._chunk_bytes):
                     yield audio[start : start + self._chunk_bytes]
         finally:
