@@ -21,8 +21,9 @@ def tts() -> EspeakTTS:
     return EspeakTTS()
 
 
-async def speak(tts: EspeakTTS, text: str, voice: str = "alloy", speed: float = 1.0) -> np.ndarray:
-    chunks = [chunk async for chunk in tts.synthesize(text, voice=voice, speed=speed)]
+async def speak(tts: EspeakTTS, text: str, voice: str = "alloy", speed: float = 1.0,
+                language: str | None = None) -> np.ndarray:
+    chunks = [chunk async for chunk in tts.synthesize(text, voice=voice, speed=speed, language=language)]
     assert all(len(c) % 2 == 0 for c in chunks)
     return np.frombuffer(b"".join(chunks), dtype="<i2")
 
@@ -293,3 +294,24 @@ async def test_the_slowest_api_speed_is_reached_by_stretching_at_the_same_pitch(
     print(f"\nspeed 0.25: {ratio:.2f}x as long; pitch {pitch_normal:.0f} Hz -> {pitch_slow:.0f} Hz")
     assert 3.0 < ratio < 5.0  # espeak alone stops at 80 wpm (about 2.2x as long)
     assert abs(pitch_slow - pitch_normal) / pitch_normal < 0.12
+
+
+def test_voice_in_language_keeps_the_variant() -> None:
+    from parley.engines.tts_espeak import voice_in_language
+
+    assert voice_in_language("en-us+f3", None) == "en-us+f3"
+    assert voice_in_language("en-us+f3", "en") == "en-us+f3"
+    assert voice_in_language("en-us+f3", "es") == "es+f3"
+    assert voice_in_language("en-us+m3", "de-AT") == "de+m3"
+    assert voice_in_language("en-us+f3", "pt-BR") == "pt-br+f3"
+    assert voice_in_language("en-us+f3", "zh") == "cmn+f3"
+    assert voice_in_language("en-gb-x-rp+m2", "en-US") == "en-gb-x-rp+m2"  # already English
+
+
+@pytest.mark.parametrize("language,text", [("es", "Hola, ¿cómo estás? Las luces de la cocina están apagadas."),
+                                           ("de", "Guten Tag. Das Licht in der Küche ist jetzt aus.")])
+async def test_other_languages_are_spoken_in_their_own_voice(tts: EspeakTTS, language: str, text: str) -> None:
+    own = await speak(tts, text, voice="alloy", language=language)
+    english = await speak(tts, text, voice="alloy")
+    assert 1.0 < len(own) / tts.sample_rate < 8.0 and np.abs(own).max() > 5000
+    assert not np.array_equal(own, english)  # another voice (language rules), not English rules

@@ -43,8 +43,9 @@ def tts(fixture_dir: Path) -> Iterator[KokoroTTS]:
     asyncio.run(engine.aclose())
 
 
-async def speak(tts: KokoroTTS, text: str, voice: str = "alloy", speed: float = 1.0) -> np.ndarray:
-    chunks = [chunk async for chunk in tts.synthesize(text, voice=voice, speed=speed)]
+async def speak(tts: KokoroTTS, text: str, voice: str = "alloy", speed: float = 1.0,
+                language: str | None = None) -> np.ndarray:
+    chunks = [chunk async for chunk in tts.synthesize(text, voice=voice, speed=speed, language=language)]
     assert all(len(c) % 2 == 0 and c for c in chunks)
     return np.frombuffer(b"".join(chunks), dtype="<i2")
 
@@ -123,6 +124,23 @@ async def test_british_and_spanish_voices_use_their_language(tts: KokoroTTS) -> 
     assert len(spanish) == expected_samples(phoneme_ids(tts, text, "es"))
     british = await speak(tts, SHORT, voice="ballad")
     assert len(british) == expected_samples(phoneme_ids(tts, SHORT, "en-gb"))
+
+
+def test_a_language_picks_a_voice_of_that_language_and_gender(tts: KokoroTTS) -> None:
+    assert tts.voice_for("alloy", None) == ("af_heart", "en-us")
+    assert tts.voice_for("alloy", "en-GB") == ("af_heart", "en-us")  # already English
+    assert tts.voice_for("alloy", "es") == ("ef_dora", "es")  # a Spanish female voice
+    # no Spanish male voice in the fixture's file, no German voice in Kokoro: the mapped voice,
+    # phonemized in that language
+    assert tts.voice_for("ash", "es") == ("am_michael", "es")
+    assert tts.voice_for("alloy", "de") == ("af_heart", "de")
+
+
+async def test_spanish_text_is_spoken_with_spanish_phonemes(tts: KokoroTTS) -> None:
+    text = "Hola, buenos dias."
+    spanish = await speak(tts, text, voice="alloy", language="es")
+    assert len(spanish) == expected_samples(phoneme_ids(tts, text, "es"))
+    assert np.array_equal(spanish, await speak(tts, text, voice="ef_dora"))
 
 
 async def test_voice_overrides(fixture_dir: Path) -> None:

@@ -57,6 +57,13 @@ class VoiceMap:
         return VoiceMap(self.defaults, {**self.overrides, **overrides})
 
 
+def primary_language(tag: str | None) -> str | None:
+    """"pt-BR" -> "pt", "en_US" -> "en", "" -> None."""
+    if not tag:
+        return None
+    return tag.replace("_", "-").split("-")[0].lower() or None
+
+
 @runtime_checkable
 class TTSEngine(Protocol):
     """One method does the work; `aclose` releases processes, connections or model memory."""
@@ -64,10 +71,14 @@ class TTSEngine(Protocol):
     name: str
     sample_rate: int
 
-    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> AsyncIterator[bytes]:
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0,
+                   language: str | None = None) -> AsyncIterator[bytes]:
         """Stream `text` spoken in `voice` (an OpenAI voice name or an engine-native one) as
         PCM16 mono little-endian chunks at `sample_rate`, each a whole number of samples.
         `speed` is the Realtime API's speaking-rate factor (0.25-1.5; 1.0 is normal).
+        `language` (ISO 639-1 such as "es", or a tag such as "pt-BR"; None: the voice's own) is
+        the language of `text`: the engine speaks it in that language, with the voice's
+        character where it has one (see each engine).
         Cancelling the consuming task, or closing the iterator, must stop the work."""
         ...
 

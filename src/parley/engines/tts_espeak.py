@@ -27,7 +27,7 @@ from typing import Any
 
 from parley.engines.errors import EngineError
 from parley.engines.time_stretch import native_speed, stretch
-from parley.engines.tts import VoiceMap
+from parley.engines.tts import VoiceMap, primary_language
 
 # speak_lib.h
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -179,6 +179,22 @@ def split_text(text: str, max_chars: int = 300) -> list[str]:
     return pieces
 
 
+#: language tags whose espeak-ng voice has another name (others: the primary subtag, "de-AT" -> "de")
+_ESPEAK_LANGUAGE_NAMES: Mapping[str, str] = {"zh": "cmn", "pt-br": "pt-br", "en-gb": "en-gb-x-rp", "en-us": "en-us"}
+
+
+def voice_in_language(voice: str, language: str | None) -> str:
+    """The espeak-ng voice for `language` with `voice`'s variant: ("en-us+f3", "es") -> "es+f3".
+    A voice already in that language (or no language) is kept as it is."""
+    wanted = primary_language(language)
+    base, plus, variant = voice.partition("+")
+    if wanted is None or primary_language(base) == wanted:
+        return voice
+    tag = (language or "").replace("_", "-").lower()
+    name = _ESPEAK_LANGUAGE_NAMES.get(tag) or _ESPEAK_LANGUAGE_NAMES.get(wanted, wanted)
+    return name + plus + variant
+
+
 def speed_to_rate(speed: float) -> tuple[int, float]:
     """The Realtime API's speed factor -> (espeak words per minute, the factor left to stretch):
     175 * speed within espeak's 80-450; the API's minimum 0.25 is 80 wpm (about 0.46x) stretched
@@ -214,11 +230,12 @@ class EspeakTTS:
         self._closed = False
 
     async def synthesize(
-        self, text: str, *, voice: str, speed: float = 1.0
+        self, text: str, *, voice: str, speed: float = 1.0, language: str | None = None
     ) -> AsyncIterator[bytes]:
         if self._closed:
             raise EngineError("the espeak engine is closed", code="engine_closed")
-        native_voice, (rate, rest) = self.voices.resolve(voice), speed_to_rate(speed)
+        native_voice = voice_in_language(self.voices.resolve(voice), language)
+        rate, rest = speed_to_rate(speed)
         native, end_pause, abort = self._native, self._end_pause, threading.Event()
         loop = asyncio.get_running_loop()
         try:

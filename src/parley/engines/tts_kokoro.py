@@ -42,7 +42,7 @@ import numpy as np
 from parley.engines.errors import EngineError
 from parley.engines.hub import hub_offline
 from parley.engines.time_stretch import native_speed, stretch
-from parley.engines.tts import VoiceMap
+from parley.engines.tts import VoiceMap, primary_language
 from parley.engines.tts_espeak import split_text
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,16 @@ _LANGUAGES: Mapping[str, str] = {
     "a": "en-us", "b": "en-gb", "e": "es", "f": "fr-fr", "h": "hi",
     "i": "it", "j": "ja", "p": "pt-br", "z": "cmn",
 }  # fmt: skip
+
+#: Kokoro v1.0's voices per language (female, male), for speaking another language than the
+#: mapped voice's; a language it has no voice for is phonemized in that language with the voice.
+_VOICES_BY_LANGUAGE: Mapping[str, tuple[str, str]] = {
+    "en": ("af_heart", "am_michael"), "es": ("ef_dora", "em_alex"), "fr": ("ff_siwis", "ff_siwis"),
+    "hi": ("hf_alpha", "hm_omega"), "it": ("if_sara", "im_nicola"), "ja": ("jf_alpha", "jm_kumo"),
+    "pt": ("pf_dora", "pm_alex"), "zh": ("zf_xiaobei", "zm_yunjian"),
+}  # fmt: skip
+#: ISO 639-1 -> espeak-ng language for phonemes, for languages without a Kokoro voice prefix
+_ESPEAK_LANGUAGES: Mapping[str, str] = {"en": "en-us", "fr": "fr-fr", "pt": "pt-br", "zh": "cmn"}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -140,15 +150,31 @@ class KokoroTTS:
     def __repr__(self) -> str:
         return f"KokoroTTS(model={str(self.model_file)!r}, voices={str(self.voices_file)!r})"
 
-    async def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> AsyncIterator[bytes]:
+    def voice_for(self, voice: str, language: str | None) -> tuple[str, str]:
+        """(Kokoro voice, espeak language of its phonemes) for an OpenAI or native `voice` speaking
+        `language`: the mapped voice if it speaks it, else a voice of that language of the same
+        gender, else the mapped voice with that language's phonemes."""
+        native = self.voices.resolve(voice)
+        wanted = primary_language(language)
+        own = _LANGUAGES.get(native[:1], "en-us")
+        if wanted is None or primary_language(own) == wanted or (wanted == "zh" and own == "cmn"):
+            return native, own
+        choices = _VOICES_BY_LANGUAGE.get(wanted)
+        if choices is not None:
+            pick = choices[1] if native[1:2] == "m" else choices[0]
+            if pick in self._voice_names:
+                return pick, _LANGUAGES[pick[:1]]
+        return native, _ESPEAK_LANGUAGES.get(wanted, wanted)
+
+    async def synthesize(self, text: str, *, voice: str, speed: float = 1.0,
+                         language: str | None = None) -> AsyncIterator[bytes]:
         if self._closed:
             raise EngineError("the Kokoro engine is closed", code="engine_closed")
-        native = self.voices.resolve(voice)
+        native, language = self.voice_for(voice, language)
         if native not in self._voice_names:
             raise EngineError(f"Kokoro has no voice {native!r} (voices file {self.voices_file})",
                               code="invalid_voice")  # fmt: skip
         speed, rest = native_speed(speed, _SPEED_MIN, _SPEED_MAX)
-        language = _LANGUAGES.get(native[:1], "en-us")
         import onnxruntime
 
         job, loop = _Job(onnxruntime.RunOptions()), asyncio.get_running_loop()

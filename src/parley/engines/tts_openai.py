@@ -71,7 +71,10 @@ class OpenAICompatibleTTS(KeylessRepr):
         self._closed = True
         await self._client.close()
 
-    async def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, *, voice: str, speed: float = 1.0,
+                         language: str | None = None) -> AsyncIterator[bytes]:
+        """`language` is not sent: /v1/audio/speech has no such field (its voices speak the text's
+        language)."""
         if self._closed:
             raise EngineError("the OpenAI-compatible TTS engine is closed", code="engine_closed")
         if not (isinstance(speed, int | float) and math.isfinite(speed) and speed > 0):
