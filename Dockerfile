@@ -27,9 +27,8 @@ RUN python3 -m venv /opt/parley \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# Parley itself builds with the setuptools just installed (no isolated build env to fetch).
 # Wheels first (the compiled ones stay in this stage), then the install from those wheels only.
-RUN /opt/parley/bin/pip wheel --no-build-isolation --wheel-dir /wheels ".${PARLEY_EXTRAS:+[${PARLEY_EXTRAS}]}" \
+RUN /opt/parley/bin/pip wheel --wheel-dir /wheels ".${PARLEY_EXTRAS:+[${PARLEY_EXTRAS}]}" \
  && /opt/parley/bin/pip install --no-index --find-links /wheels ".${PARLEY_EXTRAS:+[${PARLEY_EXTRAS}]}" \
  && if /opt/parley/bin/pip show torch >/dev/null 2>&1; then echo "torch was pulled in" >&2; exit 1; fi \
  && /opt/parley/bin/python -c "import parley"
