@@ -1241,3 +1241,13 @@ def test_metadata_limits(h: Harness) -> None:
     assert err["param"] == "response.metadata"
     err = error_of(h.create_response(metadata={"k": "v" * 513}))
     assert err["code"] == "string_above_max_length"
+
+
+def test_the_transcription_language_reaches_the_speech_plan() -> None:
+    h = Harness()
+    h.user_text("hola")
+    assert start_of(h.create_response()).plan.language is None
+    h2 = Harness()
+    h2.update(audio={"input": {"transcription": {"model": "whisper-1", "language": "es"}}})
+    h2.user_text("hola")
+    assert start_of(h2.create_response()).plan.language == "es"

@@ -70,7 +70,8 @@ class ScriptedTTS:
         for _ in range(n):
             self.gate.release()
 
-    async def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, *, voice: str, speed: float = 1.0,
+                         language: str | None = None) -> AsyncIterator[bytes]:
         try:
             for i, chunk in enumerate(pieces(self.audio(text), self.chunk_ms, self.sample_rate)):
                 if i and self.gate is not None:

@@ -29,6 +29,7 @@ class ResponsePlan:
     voice: str
     speed: float
     output_format: dict[str, Any]
+    language: str | None = None  # the session's `audio.input.transcription.language`, spoken by the TTS
 
 
 @dataclass(frozen=True)

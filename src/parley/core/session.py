@@ -474,8 +474,10 @@ class Session(InputAudioMixin, PlayoutMixin, McpMixin):
             max_tokens=max_out if isinstance(max_out, int) else None,
             temperature=pending.temperature, model=self.config.get("model"),
         )
+        transcription = (self.config.get("audio", {}).get("input") or {}).get("transcription") or {}
         plan = ResponsePlan(request=request, modality=run.modality, voice=run.voice,
-                            speed=pending.speed, output_format=dict(run.output_format))
+                            speed=pending.speed, output_format=dict(run.output_format),
+                            language=transcription.get("language") or None)
         return [StartResponse(run.id, plan)]
 
     def _on_response_cancel(self, ev: ce.ResponseCancel) -> list[Output]:

@@ -122,7 +122,7 @@ async def _speak(response_id: str, clauses: asyncio.Queue[Any], tts: TTSEngine, 
 async def _speak_clause(response_id: str, clause: str, audio: ClauseAudio, tts: TTSEngine, plan: ResponsePlan,
                         put: Put) -> None:
     """Send one clause's audio as the engine produces it, in whatever batches have arrived."""
-    reader = ChunkReader(tts.synthesize(clause, voice=plan.voice, speed=plan.speed))
+    reader = ChunkReader(tts.synthesize(clause, voice=plan.voice, speed=plan.speed, language=plan.language))
     try:
         ended = False
         while not ended:
