@@ -26,7 +26,7 @@ import time
 
 import redis
 
-from _common import (ROOT, API_KEY, EngineServer, Proc, ProcUsage, free_port, machine, pct, process_tree, save,
+from _common import (API_KEY, EngineServer, Proc, ProcUsage, free_port, machine, pct, process_tree, save,
                      wait_http)
 from _load import Clip, Conversation, VadClock, counts, run_callers, turn_metrics, voice_session
 from latency import ENGINES_MS, LLM_MS, SILENCE_MS, STT_MS, TTS_MS, parley_env, warm_up
@@ -48,23 +48,16 @@ class ParleyWorkers(Proc):
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/realtime?model=gpt-realtime"
         wait_http(f"{self.http}/readyz", self, lambda r: r.status_code == 200, 90)
 
-    def cpu_s(self) -> float:
-        total = 0.0
+    def usage(self) -> tuple[float, int]:
+        """(CPU seconds, RSS bytes) of the supervisor and every worker together."""
+        cpu, rss = 0.0, 0
         for pid in process_tree(self.pid):
             try:
-                total += ProcUsage.read(pid).cpu_s
+                u = ProcUsage.read(pid)
             except (OSError, ValueError):
-                pass
-        return total
-
-    def rss_mib(self) -> float:
-        total = 0
-        for pid in process_tree(self.pid):
-            try:
-                total += ProcUsage.read(pid).rss_bytes
-            except (OSError, ValueError):
-                pass
-        return round(total / 2**20, 1)
+                continue
+            cpu, rss = cpu + u.cpu_s, rss + u.rss_bytes
+        return cpu, rss
 
 
 def run_one(workers: int, n: int, turns: int, engines: EngineServer, clip: Clip, vad: VadClock) -> dict:
@@ -76,13 +69,13 @@ def run_one(workers: int, n: int, turns: int, engines: EngineServer, clip: Clip,
             marks: dict[str, float] = {}
 
             def steady(_t: float) -> None:
-                marks["cpu"], marks["at"] = server.cpu_s(), time.monotonic()
+                marks["cpu"], marks["at"] = server.usage()[0], time.monotonic()
                 marks["commands"] = client.info("stats")["total_commands_processed"]
 
             def ended() -> None:
-                marks["cpu_end"], marks["at_end"] = server.cpu_s(), time.monotonic()
+                (marks["cpu_end"], rss), marks["at_end"] = server.usage(), time.monotonic()
                 marks["commands_end"] = client.info("stats")["total_commands_processed"]
-                marks["rss"] = server.rss_mib()
+                marks["rss"] = round(rss / 2**20, 1)
 
             stagger = min(3.0, 0.5 + n / 60)
             result = asyncio.run(run_callers(

@@ -80,12 +80,16 @@ def _protocol_error(err: ProtocolError) -> JSONResponse:
     return api_error(400, err.message, code=err.code, param=err.param)
 
 
+def _shared_state_unavailable() -> JSONResponse:
+    return api_error(503, "The server cannot reach its shared state (Redis); retry shortly.",
+                     code="shared_state_unavailable", kind="server_error", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 async def _mint(state: AppState, ttl: int, bound: Any, kind: str) -> tuple[str, int] | JSONResponse:
     try:
         return await state.keys.mint(now=state.clock(), ttl_s=ttl, bound=bound, kind=kind)
     except SharedStateUnavailable:
-        return api_error(503, "The server cannot reach its shared state (Redis) to store the key; retry shortly.",
-                         code="shared_state_unavailable", kind="server_error", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return _shared_state_unavailable()
 
 
 class RevokeRequest(Strict):
@@ -104,8 +108,7 @@ async def revoke_client_secret(request: Request) -> Any:
     except ProtocolError as err:
         return _protocol_error(err)
     except SharedStateUnavailable:
-        return api_error(503, "The server cannot reach its shared state (Redis); retry shortly.",
-                         code="shared_state_unavailable", kind="server_error", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return _shared_state_unavailable()
     if not revoked:
         return api_error(404, "No such ephemeral key (it may have expired).", code="client_secret_not_found",
                          param="value")
