@@ -97,13 +97,15 @@ class ParleyProc(Proc):
     """bench/_server.py (`parley serve` plus an event-loop lag probe) in a subprocess."""
 
     def __init__(self, env: dict[str, str], *, cpus: set[int] | None = None, name: str = "parley",
-                 timeout_s: float = 60) -> None:
+                 timeout_s: float = 60, script: Path | None = None, args: tuple[str, ...] = ()) -> None:
+        """`script` (default bench/_server.py) gets `--port` and `args` (bench/_cluster_server.py: workers)."""
         self.port = free_port()
         # one key for every caller: lift the per-key session and token limits, which would
         # otherwise refuse callers (100 sessions) or responses (40k tokens a minute)
         full_env = {**os.environ, "PARLEY_API_KEYS": API_KEY, "PARLEY_LOG_LEVEL": "warning",
                     "PARLEY_MAX_SESSIONS_PER_KEY": "0", "PARLEY_TOKENS_PER_MINUTE": "1000000000", **env}
-        super().__init__([sys.executable, str(BENCH / "_server.py"), "--port", str(self.port)], full_env, name, cpus)
+        super().__init__([sys.executable, str(script or BENCH / "_server.py"), "--port", str(self.port), *args],
+                         full_env, name, cpus)
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/realtime?model=gpt-realtime"
         wait_http(f"{self.http}/readyz", self,
@@ -160,6 +162,19 @@ class ProcUsage:
         fields = stat[stat.rindex(")") + 2:].split()
         cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
         rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        return cls(cpu, rss, time.monotonic())
+
+    @classmethod
+    def read_tree(cls, pid: int) -> ProcUsage:
+        """The same, summed over `pid` and its descendants (a supervisor and its workers)."""
+        root = cls.read(pid)  # raises when `pid` is gone
+        cpu, rss = root.cpu_s, root.rss_bytes
+        for p in process_tree(pid)[1:]:
+            try:
+                u = cls.read(p)
+            except (OSError, ValueError):
+                continue
+            cpu, rss = cpu + u.cpu_s, rss + u.rss_bytes
         return cls(cpu, rss, time.monotonic())
 
     def cpu_percent_since(self, before: ProcUsage) -> float:
@@ -294,10 +309,12 @@ class Background:
 class Sampler:
     """Samples a process's CPU time and RSS every `period_s` in a thread."""
 
-    def __init__(self, pid: int, period_s: float = 0.5) -> None:
+    def __init__(self, pid: int, period_s: float = 0.5, tree: bool = False) -> None:
+        """`tree`: the process and its descendants together (ProcUsage.read_tree)."""
         import threading
 
         self.pid, self.period_s = pid, period_s
+        self._read = ProcUsage.read_tree if tree else ProcUsage.read
         self.samples: list[ProcUsage] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -306,7 +323,7 @@ class Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append(ProcUsage.read(self.pid))
+                self.samples.append(self._read(self.pid))
             except (OSError, ValueError):
                 return
             self._stop.wait(self.period_s)
