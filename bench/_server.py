@@ -122,7 +122,7 @@ def main() -> None:
     import uvicorn
 
     from parley.server.app import create_app
-    from parley.server.cli import uvicorn_options
+    from parley.server.workers import uvicorn_options
     from parley.server.logs import configure
     from parley.server.settings import Settings
 

@@ -20,7 +20,7 @@ from parley.core.io import (
     ModelToolCall,
     StopResponse,
 )
-from parley.engines.llm import Usage
+from parley.core.chat import Usage
 from tests.unit.test_core_session import Harness, error_of, events, only, response_id_of, start_of, types
 
 WEATHER = {"name": "get_weather", "description": "Weather for a city.",

@@ -33,7 +33,7 @@ from parley.core.io import (
     UsageReport,
 )
 from parley.core.session import Session, SessionSetup
-from parley.engines.llm import Usage
+from parley.core.chat import Usage
 from parley.protocol.client_events import parse_client_event
 from parley.protocol.ids import IdFactory
 from parley.protocol.session_config import DEFAULT_INSTRUCTIONS

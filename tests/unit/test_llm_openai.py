@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from parley.engines.errors import EngineError
-from parley.engines.llm import ChatRequest, Finished, LLMEngine, LLMEvent, TextDelta, ToolCallDelta
+from parley.core.chat import ChatRequest
+from parley.engines.llm import Finished, LLMEngine, LLMEvent, TextDelta, ToolCallDelta
 from parley.engines.llm_openai import OpenAICompatibleLLM
 from tests.support.scripted_llm import (
     CutMidStream,

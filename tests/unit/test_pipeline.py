@@ -16,7 +16,8 @@ from parley.audio.g711 import ulaw_encode
 from parley.audio.resample import StreamResampler, resample
 from parley.core.io import ModelAudio, ModelDone, ModelFailed, ResponsePlan
 from parley.engines.errors import EngineError
-from parley.engines.llm import ChatRequest, Finished, TextDelta
+from parley.core.chat import ChatRequest
+from parley.engines.llm import Finished, TextDelta
 from parley.runtime.pipeline import AUDIO_DELTA_MS, MIN_DELTA_MS, ClauseAudio, run_response
 
 RATE = 24_000

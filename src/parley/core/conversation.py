@@ -1,4 +1,5 @@
-"""The default conversation: an ordered list of items plus the audio bytes that events omit."""
+"""The default conversation: an ordered list of items plus the audio bytes that events omit, and
+how long each user item's input audio is (for transcription usage and input audio tokens)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Conversation:
     def __init__(self) -> None:
         self._items: list[dict[str, Any]] = []
         self._audio: dict[tuple[str, int], StoredAudio] = {}
+        self._input_ms: dict[str, float] = {}  # item id -> milliseconds of input audio it carries
 
     def __len__(self) -> int:
         return len(self._items)
@@ -76,6 +78,7 @@ class Conversation:
         del self._items[i]
         for key in [k for k in self._audio if k[0] == item_id]:
             del self._audio[key]
+        self._input_ms.pop(item_id, None)
         return True
 
     def audio(self, item_id: str, content_index: int, create: bool = False) -> StoredAudio | None:
@@ -83,6 +86,17 @@ class Conversation:
         if create and key not in self._audio:
             self._audio[key] = StoredAudio()
         return self._audio.get(key)
+
+    def add_input_audio(self, item_id: str, content_index: int, data: bytes, duration_ms: float) -> None:
+        """Store user audio of an item in the conversation (in the session's input format)."""
+        stored = self.audio(item_id, content_index, create=True)
+        assert stored is not None
+        stored.data += data
+        stored.duration_ms = duration_ms
+        self._input_ms[item_id] = self._input_ms.get(item_id, 0.0) + duration_ms
+
+    def input_audio_ms(self, item_id: str) -> float:
+        return self._input_ms.get(item_id, 0.0)
 
     def snapshot(self, item_id: str) -> dict[str, Any] | None:
         item = self.get(item_id)

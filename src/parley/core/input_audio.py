@@ -1,5 +1,7 @@
 """The input audio buffer, turn detection and transcription: the part of the session that
-listens.  A mixin of `Session` (it shares the session's state and event helpers).
+listens.  `InputAudio` owns the buffer, the turn detector and the transcripts; what it needs of
+the rest of the session (stop the answer on a barge-in, answer a finished turn, start responses
+that waited for a transcript) it asks through the `SessionHooks` it is given.
 
 Timeline: `audio_clock_ms` counts all audio appended this session; the buffer holds the audio
 from `buffer_start_ms` on.  While nobody speaks, the buffer keeps only the prefix padding (plus
@@ -14,16 +16,16 @@ import base64
 import binascii
 import copy
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..audio.formats import AudioFormat
 from ..protocol import client_events as ce
 from ..protocol.errors import ProtocolError
+from ..protocol.ids import IdFactory
+from .conversation import Conversation
 from .io import DetectSpeech, Output, Transcribe, TranscriptDelta, TranscriptDone, TranscriptFailed, TurnTranscript, VadResult
+from .outbox import Outbox
 from .turns import NeedTranscript, SpeechStart, SpeechStop, TurnDetector
-
-if TYPE_CHECKING:
-    from .session import Session
 
 MIN_COMMIT_MS = 100
 VAD_LAG_MS = 250  # audio kept beyond the prefix padding while idle, for the VAD's own delay
@@ -43,10 +45,33 @@ def bytes_per_ms(fmt: dict[str, Any]) -> float:
     return wire_format(fmt).bytes_per_ms
 
 
-class InputAudioMixin:
+class SessionHooks(Protocol):
+    """What listening asks of the session."""
+
+    def interrupt(self) -> list[Output]:
+        """The user barged in: cancel the answer in the conversation and stop its playout."""
+        ...
+
+    def respond(self) -> list[Output]:
+        """A turn ended (or the idle timeout fired): answer it, unless an answer is running."""
+        ...
+
+    def transcripts_changed(self) -> list[Output]:
+        """A transcript arrived or failed: start the responses that waited for it."""
+        ...
+
+
+class InputAudio:
     """Buffer bookkeeping, VAD turn decisions, commits and transcripts."""
 
-    def _init_input_audio(self: Session) -> None:
+    def __init__(self, ids: IdFactory, out: Outbox, conversation: Conversation, kind: str,
+                 audio_input: dict[str, Any], hooks: SessionHooks) -> None:
+        self.ids = ids
+        self.out = out
+        self.conversation = conversation
+        self.kind = kind
+        self.hooks = hooks
+        self.config = audio_input  # the session's `audio.input`
         self.buffer = bytearray()
         self.buffer_start_ms = 0.0
         self.audio_clock_ms = 0.0
@@ -58,21 +83,28 @@ class InputAudioMixin:
         self.idle_deadline_ms: float | None = None
         self._configure_turns()
 
+    def configure(self, audio_input: dict[str, Any]) -> None:
+        """The session's `audio.input` changed (`session.update`)."""
+        turns_changed = audio_input.get("turn_detection") != self.turn_config
+        self.config = audio_input
+        if turns_changed:
+            self._configure_turns()
+
     # ---- configuration -----------------------------------------------------------------------
 
     @property
-    def input_format(self: Session) -> dict[str, Any]:
-        return self.config["audio"]["input"]["format"]
+    def input_format(self) -> dict[str, Any]:
+        return self.config["format"]
 
     @property
-    def turn_config(self: Session) -> dict[str, Any] | None:
-        return self.config["audio"]["input"].get("turn_detection")
+    def turn_config(self) -> dict[str, Any] | None:
+        return self.config.get("turn_detection")
 
     @property
-    def transcription_config(self: Session) -> dict[str, Any] | None:
-        return self.config["audio"]["input"].get("transcription")
+    def transcription_config(self) -> dict[str, Any] | None:
+        return self.config.get("transcription")
 
-    def _configure_turns(self: Session) -> None:
+    def _configure_turns(self) -> None:
         cfg = self.turn_config
         if cfg is None:
             self.turns = None
@@ -82,20 +114,20 @@ class InputAudioMixin:
             detector.speaking, detector.turn = True, self.turns.turn
         self.turns = detector
 
-    def _padding_ms(self: Session) -> float:
+    def _padding_ms(self) -> float:
         cfg = self.turn_config or {}
         return float(cfg.get("prefix_padding_ms", 300))
 
     # ---- buffer ------------------------------------------------------------------------------
 
-    def buffer_ms(self: Session) -> float:
+    def buffer_ms(self) -> float:
         return len(self.buffer) / bytes_per_ms(self.input_format)
 
-    def _drop_before(self: Session, ms: float) -> None:
+    def _drop_before(self, ms: float) -> None:
         """Forget buffered audio before `ms` on the audio clock."""
         self._take_until(ms)
 
-    def _take_until(self: Session, ms: float) -> bytes:
+    def _take_until(self, ms: float) -> bytes:
         """Remove and return the buffered audio up to `ms` on the audio clock (whole samples)."""
         wire = wire_format(self.input_format)
         cut = min(wire.bytes_for_ms(max(0.0, ms - self.buffer_start_ms)), len(self.buffer))
@@ -104,7 +136,7 @@ class InputAudioMixin:
         self.buffer_start_ms += cut / wire.bytes_per_ms
         return audio
 
-    def _on_append(self: Session, ev: ce.InputAudioBufferAppend) -> list[Output]:
+    def on_append(self, ev: ce.InputAudioBufferAppend) -> list[Output]:
         try:
             audio = base64.b64decode(ev.audio, validate=True)
         except (binascii.Error, ValueError):
@@ -113,7 +145,7 @@ class InputAudioMixin:
             raise ProtocolError("Invalid 'audio': PCM16 audio must have an even number of bytes.", "invalid_value", "audio")
         return self.append_audio(audio)
 
-    def append_audio(self: Session, audio: bytes) -> list[Output]:
+    def append_audio(self, audio: bytes) -> list[Output]:
         """Audio in the session's input format joins the buffer (and the VAD hears it)."""
         self.buffer += audio
         self.audio_clock_ms += len(audio) / bytes_per_ms(self.input_format)
@@ -121,7 +153,7 @@ class InputAudioMixin:
             return [DetectSpeech(audio, self.input_format)]
         return []
 
-    def _on_commit(self: Session, ev: ce.InputAudioBufferCommit) -> list[Output]:
+    def on_commit(self, ev: ce.InputAudioBufferCommit) -> list[Output]:
         ms = self.buffer_ms()
         if ms < MIN_COMMIT_MS:
             raise ProtocolError(
@@ -133,15 +165,15 @@ class InputAudioMixin:
             return out
         return out + self.commit_buffer(self._take_until(self.audio_clock_ms))
 
-    def _on_clear(self: Session, ev: ce.InputAudioBufferClear) -> list[Output]:
+    def on_clear(self, ev: ce.InputAudioBufferClear) -> list[Output]:
         self.buffer.clear()
         self.buffer_start_ms = self.audio_clock_ms
         if self.turns is not None:
             self.turns.speaking = False
             self._turn_item = None
-        return self._send({"type": "input_audio_buffer.cleared"})
+        return self.out.send({"type": "input_audio_buffer.cleared"})
 
-    def commit_buffer(self: Session, audio: bytes, item_id: str | None = None) -> list[Output]:
+    def commit_buffer(self, audio: bytes, item_id: str | None = None) -> list[Output]:
         """Turn audio into a user `input_audio` item and have it transcribed."""
         item_id = item_id or self.ids.new("item")
         item = {"id": item_id, "object": "realtime.item", "type": "message", "status": "completed",
@@ -149,21 +181,17 @@ class InputAudioMixin:
         prev: str | None = None
         if self.kind == "realtime":
             prev = self.conversation.insert(item)
-            stored = self.conversation.audio(item_id, 0, create=True)
-            assert stored is not None
-            stored.data += audio
-            stored.duration_ms = len(audio) / bytes_per_ms(self.input_format)
-            self._audio_ms[item_id] = stored.duration_ms
-        out = self._send({"type": "input_audio_buffer.committed", "previous_item_id": prev, "item_id": item_id})
-        out += self._send({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
-        out += self._send({"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)})
+            self.conversation.add_input_audio(item_id, 0, audio, len(audio) / bytes_per_ms(self.input_format))
+        out = self.out.send({"type": "input_audio_buffer.committed", "previous_item_id": prev, "item_id": item_id})
+        out += self.out.send({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
+        out += self.out.send({"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)})
         self.pending_transcripts.add(item_id)
         out.append(Transcribe(audio, dict(self.input_format), copy.deepcopy(self.transcription_config), item_id=item_id))
         return out
 
     # ---- turn detection ----------------------------------------------------------------------
 
-    def _on_vad(self: Session, inp: VadResult) -> list[Output]:
+    def on_vad(self, inp: VadResult) -> list[Output]:
         if self.turns is None:
             return []
         out: list[Output] = []
@@ -180,37 +208,35 @@ class InputAudioMixin:
             out += self._check_idle()
         return out
 
-    def _start_turn(self: Session, onset_ms: float) -> list[Output]:
+    def _start_turn(self, onset_ms: float) -> list[Output]:
         self.idle_deadline_ms = None
         start = max(self.buffer_start_ms, onset_ms - self._padding_ms())
         self._drop_before(start)
         self._turn_start_ms = start
         self._turn_item = self.ids.new("item")
-        out = self._send({"type": "input_audio_buffer.speech_started", "audio_start_ms": int(start),
+        out = self.out.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": int(start),
                           "item_id": self._turn_item})
         cfg = self.turn_config or {}
         if cfg.get("interrupt_response", True):
-            if self.default_response is not None:
-                out += self.cancel_response(self.default_response, "turn_detected")
-            out += self.interrupt_playout()
+            out += self.hooks.interrupt()
         return out
 
-    def _end_turn_events(self: Session, end_ms: float) -> list[Output]:
+    def _end_turn_events(self, end_ms: float) -> list[Output]:
         item_id = self._turn_item or self.ids.new("item")
         self._turn_item = None
         if self.turns is not None:
             self.turns.speaking = False
-        out = self._send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": int(end_ms), "item_id": item_id})
+        out = self.out.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": int(end_ms), "item_id": item_id})
         audio = self._take_until(end_ms)
         if len(audio) / bytes_per_ms(self.input_format) < MIN_COMMIT_MS:
             return out  # too short to be a turn; nothing committed
         out += self.commit_buffer(audio, item_id)
         cfg = self.turn_config or {}
-        if self.kind == "realtime" and cfg.get("create_response", True) and self.default_response is None:
-            out += self._on_response_create(ce.ResponseCreate(type="response.create"))
+        if self.kind == "realtime" and cfg.get("create_response", True):
+            out += self.hooks.respond()
         return out
 
-    def _on_turn_transcript(self: Session, inp: TurnTranscript) -> list[Output]:
+    def on_turn_transcript(self, inp: TurnTranscript) -> list[Output]:
         if self.turns is None:
             return []
         out: list[Output] = []
@@ -219,23 +245,21 @@ class InputAudioMixin:
                 out += self._end_turn_events(self.turns.clock_ms)
         return out
 
-    def _check_idle(self: Session) -> list[Output]:
+    def _check_idle(self) -> list[Output]:
         """server_vad `idle_timeout_ms`: nobody spoke for that long after the last answer ended."""
         if self.idle_deadline_ms is None or self.turns is None or self.turns.clock_ms < self.idle_deadline_ms:
             return []
         self.idle_deadline_ms = None
         start, end = self.buffer_start_ms, self.turns.clock_ms
         item_id = self.ids.new("item")
-        out = self._send({"type": "input_audio_buffer.timeout_triggered", "audio_start_ms": int(start),
+        out = self.out.send({"type": "input_audio_buffer.timeout_triggered", "audio_start_ms": int(start),
                           "audio_end_ms": int(end), "item_id": item_id})
         audio = self._take_until(end)
         if len(audio) / bytes_per_ms(self.input_format) >= MIN_COMMIT_MS:
             out += self.commit_buffer(audio, item_id)
-        if self.default_response is None:
-            out += self._on_response_create(ce.ResponseCreate(type="response.create"))
-        return out
+        return out + self.hooks.respond()
 
-    def arm_idle_timeout(self: Session, response_audio_ms: float) -> None:
+    def arm_idle_timeout(self, response_audio_ms: float) -> None:
         cfg = self.turn_config or {}
         timeout = cfg.get("idle_timeout_ms") if cfg.get("type") == "server_vad" else None
         if timeout and self.turns is not None:
@@ -243,16 +267,16 @@ class InputAudioMixin:
 
     # ---- transcripts -------------------------------------------------------------------------
 
-    def _transcript_events_wanted(self: Session) -> bool:
+    def _transcript_events_wanted(self) -> bool:
         return self.transcription_config is not None
 
-    def _on_transcript_delta(self: Session, inp: TranscriptDelta) -> list[Output]:
+    def on_transcript_delta(self, inp: TranscriptDelta) -> list[Output]:
         if inp.item_id not in self.pending_transcripts or not self._transcript_events_wanted() or not inp.text:
             return []
-        return self._send({"type": "conversation.item.input_audio_transcription.delta", "item_id": inp.item_id,
+        return self.out.send({"type": "conversation.item.input_audio_transcription.delta", "item_id": inp.item_id,
                            "content_index": 0, "delta": inp.text})
 
-    def _on_transcript_done(self: Session, inp: TranscriptDone) -> list[Output]:
+    def on_transcript_done(self, inp: TranscriptDone) -> list[Output]:
         if inp.item_id not in self.pending_transcripts:
             return []
         self.pending_transcripts.discard(inp.item_id)
@@ -262,18 +286,18 @@ class InputAudioMixin:
             item = self.conversation.get(inp.item_id)
             if item is not None:
                 item["content"][0]["transcript"] = inp.text
-            usage = inp.usage or {"type": "duration", "seconds": round(self._audio_ms.get(inp.item_id, 0.0) / 1000, 3)}
-            out += self._send({"type": "conversation.item.input_audio_transcription.completed", "item_id": inp.item_id,
+            usage = inp.usage or {"type": "duration", "seconds": round(self.conversation.input_audio_ms(inp.item_id) / 1000, 3)}
+            out += self.out.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": inp.item_id,
                                "content_index": 0, "transcript": inp.text, "usage": usage})
-        return out + self._start_deferred()
+        return out + self.hooks.transcripts_changed()
 
-    def _on_transcript_failed(self: Session, inp: TranscriptFailed) -> list[Output]:
+    def on_transcript_failed(self, inp: TranscriptFailed) -> list[Output]:
         if inp.item_id not in self.pending_transcripts:
             return []
         self.pending_transcripts.discard(inp.item_id)
         out: list[Output] = []
         if self._transcript_events_wanted():
-            out += self._send({"type": "conversation.item.input_audio_transcription.failed", "item_id": inp.item_id,
+            out += self.out.send({"type": "conversation.item.input_audio_transcription.failed", "item_id": inp.item_id,
                                "content_index": 0, "error": {"type": "transcription_error", "code": inp.code,
                                                              "message": inp.message, "param": None}})
-        return out + self._start_deferred()
+        return out + self.hooks.transcripts_changed()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..engines.llm import ChatRequest, Usage
+from .chat import ChatRequest, Usage
 
 # ---- outputs ---------------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""Remote MCP servers in a realtime session: a mixin of `Session`.
+"""Remote MCP servers in a realtime session: `McpTools` owns the session's MCP definitions, their
+listed tools and the approved calls waiting for a response; the responses run the calls
+(core/responder.py) and each keeps its own (core/mcp_response.py).
 
 Importing.  When the session's `tools` (or a response's) gain an `mcp` tool, the session adds an
 `mcp_list_tools` item to the conversation, sends `mcp_list_tools.in_progress` and asks the
@@ -9,8 +11,8 @@ hosted API; a response that names MCP servers in its own `tools` waits for their
 
 Calling.  An MCP tool reaches the model as a function (`mcp_tools.chat_name`).  When the model's
 turn ends with MCP calls, the runtime runs them (`CallMcpTool` -> `McpToolResult`) and the
-response goes on: the model is asked again with the results (core/mcp_response.py has the
-events).  Function tools, by contrast, wait for the client's output and `response.create`, so a
+response goes on: the model is asked again with the results (core/responder.py; the events
+are in core/mcp_response.py).  Function tools, by contrast, wait for the client's output and `response.create`, so a
 turn that also called app functions, or asked for approvals, ends once its MCP calls are done.
 
 Approvals.  The client answers an `mcp_approval_request` with an `mcp_approval_response` item.
@@ -32,26 +34,22 @@ where it has the same objects):
 * validation errors (duplicate labels, two of server_url/connector_id/tunnel_id, a label-only
   tool never defined, `authorization` with `headers.Authorization`) are worded by Parley.
 """
-
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..engines.llm import Usage
-from ..protocol import client_events as ce
 from ..protocol.errors import ProtocolError
+from ..protocol.ids import IdFactory
 from . import context
 from . import mcp_tools as mt
-from .io import CallMcpTool, ListMcpTools, McpToolResult, McpToolsListed, Output
+from .conversation import Conversation
+from .io import CallMcpTool, ListMcpTools, McpToolsListed, Output
 from .mcp_response import McpCall, McpTarget
-
-if TYPE_CHECKING:
-    from .response import ResponseRun
-    from .session import Session, _PendingStart
+from .outbox import Outbox
+from .response import ResponseRun
 
 MAX_ROUNDS = 8  # model calls after MCP results in one response; the last one may call no tool
 
@@ -66,76 +64,78 @@ class McpServer:
     failed: bool = False
 
 
-class McpMixin:
-    def _init_mcp(self: Session) -> None:
-        self.mcp_defs: dict[str, dict[str, Any]] = {}  # server_label -> its latest full definition
-        self.mcp_servers: dict[str, McpServer] = {}
-        self._mcp_approved: list[dict[str, Any]] = []  # approved requests, run by the next response
-
-    def _mcp_handlers(self: Session) -> dict[type, Any]:
-        return {McpToolsListed: self._on_mcp_listed, McpToolResult: self._on_mcp_result}
+class McpTools:
+    def __init__(self, ids: IdFactory, out: Outbox, conversation: Conversation, enabled: bool) -> None:
+        self.ids = ids
+        self.out = out
+        self.conversation = conversation
+        self.enabled = enabled  # a GA realtime session: the beta protocol has no MCP tools
+        self.defs: dict[str, dict[str, Any]] = {}  # server_label -> its latest full definition
+        self.servers: dict[str, McpServer] = {}
+        self.approved: list[dict[str, Any]] = []  # approved requests, run by the next response
 
     # ---- importing ---------------------------------------------------------------------------
 
-    def check_mcp_tools(self: Session, tools: list[dict[str, Any]], param: str) -> None:
-        mt.check_tools(tools, self.mcp_defs, param)
+    def check_tools(self, tools: list[dict[str, Any]], param: str) -> None:
+        mt.check_tools(tools, self.defs, param)
 
-    def import_mcp_tools(self: Session, tools: list[dict[str, Any]]) -> tuple[list[Output], set[str]]:
+    def import_tools(self, tools: list[dict[str, Any]]) -> tuple[list[Output], set[str]]:
         """List the servers of `tools` that are new, changed or failed before.  Returns the
         outputs and the ids of the listings these tools still wait for."""
-        if self.kind != "realtime" or self.dialect != "ga":
-            return [], set()  # the beta protocol has no MCP tools
+        if not self.enabled:
+            return [], set()
         out: list[Output] = []
         waiting: set[str] = set()
         for tool in tools:
             if tool.get("type") != "mcp":
                 continue
-            defn = mt.resolve(tool, self.mcp_defs)
+            defn = mt.resolve(tool, self.defs)
             label, key = defn["server_label"], mt.connection_key(defn)
-            self.mcp_defs[label] = defn
-            server = self.mcp_servers.get(label)
+            self.defs[label] = defn
+            server = self.servers.get(label)
             if server is None or server.key != key or server.failed:
-                out += self._list_mcp(defn, key)
-                server = self.mcp_servers[label]
+                out += self._list(defn, key)
+                server = self.servers[label]
             if server.listed is None and not server.failed:
                 waiting.add(server.item["id"])
         return out, waiting
 
-    def mcp_listing(self: Session) -> set[str]:
-        return {s.item["id"] for s in self.mcp_servers.values() if s.listed is None and not s.failed}
+    def listing(self) -> set[str]:
+        """The ids of the `mcp_list_tools` items still being listed."""
+        return {s.item["id"] for s in self.servers.values() if s.listed is None and not s.failed}
 
-    def _list_mcp(self: Session, defn: dict[str, Any], key: tuple[Any, ...]) -> list[Output]:
+    def _list(self, defn: dict[str, Any], key: tuple[Any, ...]) -> list[Output]:
         label = defn["server_label"]
         item = {"type": "mcp_list_tools", "id": self.ids.new("item"), "server_label": label, "tools": []}
         prev = self.conversation.insert(item)
-        server = self.mcp_servers[label] = McpServer(key, item)
-        out = self._send({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
-        out += self._send({"type": "mcp_list_tools.in_progress", "item_id": item["id"]})
+        server = self.servers[label] = McpServer(key, item)
+        out = self.out.send({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
+        out += self.out.send({"type": "mcp_list_tools.in_progress", "item_id": item["id"]})
         if not defn.get("server_url"):  # connectors and tunnels are OpenAI services
             return out + self._listing_done(server, None)
         return out + [ListMcpTools(item["id"], copy.deepcopy(defn))]
 
-    def _on_mcp_listed(self: Session, inp: McpToolsListed) -> list[Output]:
-        server = next((s for s in self.mcp_servers.values() if s.item["id"] == inp.item_id), None)
+    def on_listed(self, inp: McpToolsListed) -> list[Output]:
+        server = next((s for s in self.servers.values() if s.item["id"] == inp.item_id), None)
         if server is None:
             return []  # replaced by a newer definition meanwhile
-        return self._listing_done(server, inp.tools) + self._start_deferred()
+        return self._listing_done(server, inp.tools)
 
-    def _listing_done(self: Session, server: McpServer, tools: list[dict[str, Any]] | None) -> list[Output]:
+    def _listing_done(self, server: McpServer, tools: list[dict[str, Any]] | None) -> list[Output]:
         item = server.item
         if tools is None:
             server.failed = True
         else:
             server.listed = tools
-            item["tools"] = mt.allowed(tools, self.mcp_defs[item["server_label"]].get("allowed_tools"))
+            item["tools"] = mt.allowed(tools, self.defs[item["server_label"]].get("allowed_tools"))
         kind = "failed" if tools is None else "completed"
-        out = self._send({"type": f"mcp_list_tools.{kind}", "item_id": item["id"]})
-        return out + self._send({"type": "conversation.item.done",
-                                 "previous_item_id": self.conversation.previous_id(item["id"]), "item": copy.deepcopy(item)})
+        out = self.out.send({"type": f"mcp_list_tools.{kind}", "item_id": item["id"]})
+        return out + self.out.send({"type": "conversation.item.done",
+                                    "previous_item_id": self.conversation.previous_id(item["id"]), "item": copy.deepcopy(item)})
 
     # ---- offering tools to the model ---------------------------------------------------------
 
-    def offer_tools(self: Session, run: ResponseRun, tools: list[dict[str, Any]], choice: Any) -> tuple[list[dict[str, Any]], Any]:
+    def offer_tools(self, run: ResponseRun, tools: list[dict[str, Any]], choice: Any) -> tuple[list[dict[str, Any]], Any]:
         """The chat tools of a model call (function tools, then the listed MCP tools) and its
         tool_choice; remembers which function names are MCP tools in `run.mcp.tools`."""
         chat = context.chat_tools(tools)
@@ -144,8 +144,8 @@ class McpMixin:
         for tool in tools:
             if tool.get("type") != "mcp":
                 continue
-            defn = mt.resolve(tool, self.mcp_defs)
-            server = self.mcp_servers.get(defn["server_label"])
+            defn = mt.resolve(tool, self.defs)
+            server = self.servers.get(defn["server_label"])
             if server is None or server.listed is None:
                 continue
             for listed in mt.allowed(server.listed, defn.get("allowed_tools")):
@@ -159,7 +159,7 @@ class McpMixin:
                 chat.append({"type": "function", "function": fn})
         return chat, self._chat_choice(run, choice, chat)
 
-    def _chat_choice(self: Session, run: ResponseRun, choice: Any, chat: list[dict[str, Any]]) -> Any:
+    def _chat_choice(self, run: ResponseRun, choice: Any, chat: list[dict[str, Any]]) -> Any:
         if run.mcp.rounds:  # after tool results the model answers as it likes, and at last without tools
             choice = "none" if run.mcp.rounds >= MAX_ROUNDS else ("none" if choice == "none" else "auto")
         if isinstance(choice, dict) and choice.get("type") == "mcp":
@@ -168,39 +168,28 @@ class McpMixin:
             choice = {"type": "function", "name": names[0]} if len(names) == 1 else ("required" if names else "auto")
         return context.chat_tool_choice(choice, chat)
 
-    def mcp_model_items(self: Session, run: ResponseRun, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def model_items(self, run: ResponseRun, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         names = {(t.server["server_label"], t.name): fn for fn, t in run.mcp.tools.items()}
         return mt.model_items(items, names)
 
     # ---- calling -----------------------------------------------------------------------------
 
-    def mcp_before_model(self: Session, pending: _PendingStart) -> list[Output] | None:
-        """Remember how to ask the model again; run approved calls first (None if there are none)."""
-        run = pending.run
-        run.mcp.next = pending
-        if run.conversation is None or not self._mcp_approved:
-            return None
+    def run_approved(self, run: ResponseRun) -> list[Output]:
+        """The approved calls join `run` (a response in the conversation) and are launched."""
         out: list[Output] = []
         calls: list[McpCall] = []
-        for request in self._mcp_approved:
+        for request in self.approved:
             label = request["server_label"]
             item = {"type": "mcp_call", "id": self.ids.new("item"), "server_label": label, "name": request["name"],
                     "arguments": request["arguments"], "approval_request_id": request["id"]}
-            events, call = run.add_mcp_call(item, McpTarget(self.mcp_defs.get(label, {}), request["name"], False))
-            out += self._sends(events)
+            events, call = run.mcp.add_call(item, McpTarget(self.defs.get(label, {}), request["name"], False))
+            out += self.out.sends(events)
             calls.append(call)
-        self._mcp_approved.clear()
-        return out + self._launch(run, calls)
+        self.approved.clear()
+        return out + self.launch(run, calls)
 
-    def mcp_round_done(self: Session, run: ResponseRun, usage: Usage | None) -> list[Output] | None:
-        """The model's turn ended: run its MCP calls (None when it made none)."""
-        events, calls = run.end_mcp_round()
-        if not events:
-            return None
-        run.mcp.usage = usage
-        return self._sends(events) + self._launch(run, calls)
-
-    def _launch(self: Session, run: ResponseRun, calls: list[McpCall]) -> list[Output]:
+    def launch(self, run: ResponseRun, calls: list[McpCall]) -> list[Output]:
+        """Ask the runtime to call each tool; a call that cannot run fails at once."""
         out: list[Output] = []
         for call in calls:
             item, server = call.item, call.target.server if call.target else {}
@@ -210,35 +199,17 @@ class McpMixin:
                 args = None
             if not isinstance(args, dict):
                 error = "The model's arguments for this tool are not a JSON object."
-            elif not server.get("server_url") or item["server_label"] not in self.mcp_servers:
+            elif not server.get("server_url") or item["server_label"] not in self.servers:
                 error = f"MCP server '{item['server_label']}' is not available in this session."
             else:
                 out.append(CallMcpTool(run.id, item["id"], copy.deepcopy(server), item["name"], args))
                 continue
-            out += self._sends(run.finish_mcp_call(item["id"], None, {"type": "tool_execution_error", "message": error}))
-        return out + self._mcp_continue(run)
-
-    def _on_mcp_result(self: Session, inp: McpToolResult) -> list[Output]:
-        run = next((r for r in self.responses.values() if inp.item_id in r.mcp.running), None)
-        if run is None:
-            return []  # its response ended meanwhile
-        return self._sends(run.finish_mcp_call(inp.item_id, inp.output, inp.error)) + self._mcp_continue(run)
-
-    def _mcp_continue(self: Session, run: ResponseRun) -> list[Output]:
-        """Once every call has its result, ask the model again, or end the response."""
-        if run.mcp.running:
-            return []
-        pending = run.mcp.next
-        if run.mcp.stop or pending is None:
-            return self._finish(run, "completed", engine_usage=run.mcp.usage)
-        run.mcp.rounds += 1
-        seen = {i["id"] for i in pending.items}
-        items = pending.items + [i for i in run.output if i["id"] not in seen]
-        return self._start(dataclasses.replace(pending, items=items))
+            out += self.out.sends(run.mcp.finish_call(item["id"], None, {"type": "tool_execution_error", "message": error}))
+        return out
 
     # ---- approvals ---------------------------------------------------------------------------
 
-    def check_mcp_item(self: Session, item: dict[str, Any]) -> None:
+    def check_item(self, item: dict[str, Any]) -> None:
         if item["type"] != "mcp_approval_response":
             return
         rid = item["approval_request_id"]
@@ -250,22 +221,14 @@ class McpMixin:
             raise ProtocolError(f"MCP approval request '{rid}' has already been answered.",
                                 "invalid_value", "item.approval_request_id")
 
-    def mcp_item_added(self: Session, item: dict[str, Any]) -> list[Output]:
-        """An approval answer: run the call (or tell the model it was refused) in a response."""
+    def note_answer(self, item: dict[str, Any]) -> bool:
+        """An added item that answers an approval request: an approved call waits for the next
+        response.  True when it was such an answer (a response should run it, or tell the model
+        it was refused)."""
         if item["type"] != "mcp_approval_response":
-            return []
+            return False
         if item["approve"]:
             request = self.conversation.get(item["approval_request_id"])
-            assert request is not None  # check_mcp_item made sure
-            self._mcp_approved.append(copy.deepcopy(request))
-        if self.default_response is not None:
-            return []  # the next response runs it
-        return self._on_response_create(ce.ResponseCreate(type="response.create"))
-
-
-def add_usage(earlier: Usage | None, now: Usage | None) -> Usage | None:
-    """The engine's counts over a response's model calls."""
-    if earlier is None or now is None:
-        return now or earlier
-    return Usage(earlier.input_tokens + now.input_tokens, earlier.output_tokens + now.output_tokens,
-                 earlier.cached_tokens + now.cached_tokens)
+            assert request is not None  # check_item made sure
+            self.approved.append(copy.deepcopy(request))
+        return True

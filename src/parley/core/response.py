@@ -4,6 +4,7 @@
 in the order the hosted API sends them (realtime-protocol.md section 3.4) and keeps the output
 items, which live in the default conversation unless the response is out-of-band.  Methods
 return GA event dicts without `event_id`; the session stamps and, for beta, converts them.
+Its MCP calls are `run.mcp` (core/mcp_response.py), which adds items through `add_item`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engines.llm import Usage
 from ..protocol.ids import IdFactory
-from .context import INPUT_AUDIO_TOKENS_PER_S, OUTPUT_AUDIO_TOKENS_PER_S, estimate_tokens
+from .chat import Usage
+from .context import OUTPUT_AUDIO_TOKENS_PER_S, estimate_tokens
 from .conversation import Conversation, StoredAudio
-from .mcp_response import McpResponseMixin, McpRunState
+from .mcp_response import McpCall, McpRun
 
 Event = dict[str, Any]
 
@@ -37,7 +38,7 @@ class _OpenCall:
 
 
 @dataclass
-class ResponseRun(McpResponseMixin):
+class ResponseRun:
     id: str
     ids: IdFactory
     conversation: Conversation | None  # None for out-of-band responses
@@ -54,9 +55,12 @@ class ResponseRun(McpResponseMixin):
     produced_audio: bool = False
     _message: _OpenMessage | None = None
     _calls: dict[int, _OpenCall] = field(default_factory=dict)
-    mcp: McpRunState = field(default_factory=McpRunState)  # MCP tools and calls (core/mcp_response.py)
+    mcp: McpRun = field(init=False)  # MCP tools and calls (core/mcp_response.py)
     _text_tokens: int = 0
     _audio_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.mcp = McpRun(self.id, self.ids, self)
 
     # ---- events ------------------------------------------------------------------------------
 
@@ -78,7 +82,7 @@ class ResponseRun(McpResponseMixin):
     def created(self) -> list[Event]:
         return [{"type": "response.created", "response": self.response_object("in_progress", None, None)}]
 
-    def _add_item(self, item: dict[str, Any]) -> tuple[int, list[Event]]:
+    def add_item(self, item: dict[str, Any]) -> tuple[int, list[Event]]:
         index = len(self.output)
         self.output.append(item)
         events: list[Event] = [
@@ -89,7 +93,7 @@ class ResponseRun(McpResponseMixin):
             events.append({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
         return index, events
 
-    def _finish_item(self, item: dict[str, Any], index: int, status: str) -> list[Event]:
+    def finish_item(self, item: dict[str, Any], index: int, status: str) -> list[Event]:
         if "status" in item:  # MCP items have none
             item["status"] = status
         events: list[Event] = []
@@ -106,7 +110,7 @@ class ResponseRun(McpResponseMixin):
         events = self._close_calls("completed")
         item = {"id": self.ids.new("item"), "object": "realtime.item", "type": "message",
                 "status": "in_progress", "role": "assistant", "content": []}
-        index, added = self._add_item(item)
+        index, added = self.add_item(item)
         events += added
         m = _OpenMessage(item, index)
         if self.modality == "audio":
@@ -145,7 +149,7 @@ class ResponseRun(McpResponseMixin):
                 {"type": "response.output_text.done", **ref, "text": m.text},
                 {"type": "response.content_part.done", **ref, "part": {"type": "text", "text": m.text}},
             ]
-        return events + self._finish_item(m.item, m.output_index, status)
+        return events + self.finish_item(m.item, m.output_index, status)
 
     def _close_calls(self, status: str) -> list[Event]:
         events: list[Event] = []
@@ -154,7 +158,7 @@ class ResponseRun(McpResponseMixin):
             events.append({"type": "response.function_call_arguments.done", "response_id": self.id,
                            "item_id": item["id"], "output_index": call.output_index,
                            "call_id": item["call_id"], "name": item["name"], "arguments": item["arguments"]})
-            events += self._finish_item(item, call.output_index, status)
+            events += self.finish_item(item, call.output_index, status)
         self._calls.clear()
         return events
 
@@ -204,14 +208,15 @@ class ResponseRun(McpResponseMixin):
 
     def on_tool_call(self, index: int, name: str | None, arguments: str) -> list[Event]:
         events = self._close_message("completed")
-        mcp = self.on_mcp_tool_call(index, name, arguments) if index not in self._calls else None
+        mcp = self.mcp.on_tool_call(index, name, arguments) if index not in self._calls else None
         if mcp is not None:
+            self._text_tokens += estimate_tokens(arguments)
             return events + mcp
         call = self._calls.get(index)
         if call is None:
             item = {"id": self.ids.new("item"), "object": "realtime.item", "type": "function_call",
                     "status": "in_progress", "name": name or "", "call_id": self.ids.new("call"), "arguments": ""}
-            out_index, added = self._add_item(item)
+            out_index, added = self.add_item(item)
             events += added
             call = self._calls[index] = _OpenCall(item, out_index)
         elif name and not call.item["name"]:
@@ -223,6 +228,14 @@ class ResponseRun(McpResponseMixin):
                            "item_id": call.item["id"], "output_index": call.output_index,
                            "call_id": call.item["call_id"], "delta": arguments})
         return events
+
+    def end_mcp_round(self) -> tuple[list[Event], list[McpCall]]:
+        """The model's turn ended: its MCP calls are about to run; app function calls (which
+        wait for the client's outputs) end the response once they are done."""
+        events, calls = self.mcp.end_round()
+        if self._calls:
+            self.mcp.stop = True
+        return events, calls
 
     # ---- the end -----------------------------------------------------------------------------
 
@@ -251,7 +264,7 @@ class ResponseRun(McpResponseMixin):
             return []
         self.done = True
         item_status = "completed" if status == "completed" else "incomplete"
-        events = self._close_message(item_status) + self._close_calls(item_status) + self._close_mcp()
+        events = self._close_message(item_status) + self._close_calls(item_status) + self.mcp.close()
         details: dict[str, Any] | None = None
         if status != "completed":
             details = {"type": status}
@@ -263,8 +276,3 @@ class ResponseRun(McpResponseMixin):
         events.append({"type": "response.done", "response": self.response_object(status, details, usage)})
         return events
 
-
-def input_audio_tokens(items: list[dict[str, Any]], durations: dict[str, float]) -> int:
-    """Notional audio tokens of the user audio in context (10 per second, as the hosted API)."""
-    ms = sum(durations.get(i["id"], 0.0) for i in items)
-    return int(ms / 1000 * INPUT_AUDIO_TOKENS_PER_S)

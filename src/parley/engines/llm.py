@@ -2,33 +2,17 @@
 
 An LLM engine takes a chat request in the OpenAI chat-completions shape (the lingua franca of
 every server Parley talks to, and of llama.cpp's chat API) and streams back text deltas,
-tool-call deltas and one final `Finished`.  Engines raise only `EngineError`.
+tool-call deltas and one final `Finished`.  Engines raise only `EngineError`.  The request and
+usage types are the core's (`core/chat.py`): the core says what it asks for.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """What one response asks of the model.
-
-    `messages` and `tools` use the OpenAI chat-completions wire format:
-    messages are `{"role": ..., "content": ...}` dicts (assistant tool calls as
-    `{"role": "assistant", "content": None, "tool_calls": [...]}`, results as
-    `{"role": "tool", "tool_call_id": ..., "content": ...}`), tools are
-    `{"type": "function", "function": {"name", "description", "parameters"}}`.
-    """
-
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    tool_choice: str | dict[str, Any] | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    model: str | None = None
+from ..core.chat import ChatRequest, Usage
 
 
 @dataclass(frozen=True)
@@ -45,13 +29,6 @@ class ToolCallDelta:
     arguments: str = ""
     name: str | None = None
     id: str | None = None
-
-
-@dataclass(frozen=True)
-class Usage:
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parley.core.chat import ChatRequest, Usage
 from parley.engines.errors import EngineError
 from parley.engines.hub import hub_offline
-from parley.engines.llm import ChatRequest, Finished, LLMEvent, TextDelta, ToolCallDelta, Usage
+from parley.engines.llm import Finished, LLMEvent, TextDelta, ToolCallDelta
 
 logger = logging.getLogger(__name__)
 

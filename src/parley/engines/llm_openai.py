@@ -20,8 +20,9 @@ import openai
 import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from parley.core.chat import ChatRequest, Usage
 from parley.engines.errors import EngineError
-from parley.engines.llm import ChatRequest, Finished, LLMEvent, TextDelta, ToolCallDelta, Usage
+from parley.engines.llm import Finished, LLMEvent, TextDelta, ToolCallDelta
 from parley.engines.openai_common import KeylessRepr, make_client, map_error
 
 log = logging.getLogger(__name__)

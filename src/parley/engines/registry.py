@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.chat import ChatRequest
 from .errors import EngineError
-from .llm import ChatRequest, LLMEngine, LLMEvent
+from .llm import LLMEngine, LLMEvent
 from .tts import TTSEngine
 from .speech_registry import SpeechEngines, build_speech, load_stt
 from .unavailable import UnavailableLLM

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from ..core.chat import ChatRequest
 from .errors import EngineError
-from .llm import ChatRequest, LLMEvent
+from .llm import LLMEvent
 
 
 class UnavailableLLM:

@@ -61,24 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     from .graceful import GracefulServer
 
     app = create_app(settings)
+    from .workers import uvicorn_options
+
     config = uvicorn.Config(app, **uvicorn_options(settings))
     GracefulServer(config, app.state.parley, settings.shutdown_grace_s).run()
-
-
-def uvicorn_options(settings: Settings) -> dict[str, object]:
-    """How Parley runs uvicorn (also used by the benchmarks' server)."""
-    return {
-        "host": settings.host,
-        "port": settings.port,
-        "ssl_certfile": settings.ssl_certfile,
-        "ssl_keyfile": settings.ssl_keyfile,
-        "ws_max_size": settings.max_frame_bytes,
-        "ws_ping_interval": 20.0,
-        "ws_ping_timeout": 20.0,
-        "ws_per_message_deflate": settings.ws_compression,
-        "log_level": settings.log_level,
-        "access_log": False,
-    }
 
 
 if __name__ == "__main__":  # pragma: no cover

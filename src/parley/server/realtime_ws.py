@@ -8,7 +8,8 @@ from starlette.websockets import WebSocket
 
 from ..cluster.base import SharedStateUnavailable
 from ..protocol.errors import ProtocolError
-from ..transports.websocket import WebSocketTransport, accept, presented_key, refuse, wants_beta
+from ..transports.websocket import WebSocketTransport, accept, refuse, subprotocol_key, wants_beta
+from .auth import header_key
 from .sideband import attach_sideband
 from .sessions import capacity_refusal, model_refusal, new_runner, new_session, registered, shared_state_error, take_lease
 from .state import AppState
@@ -28,7 +29,7 @@ async def realtime_websocket(ws: WebSocket) -> None:
                                        type="server_error"), RETRY_CLOSE)
         return
     now = state.clock()
-    key = presented_key(ws)
+    key = header_key(ws.headers) or subprotocol_key(ws)
     try:
         principal = await state.keys.authenticate(key, now=now)
     except SharedStateUnavailable:

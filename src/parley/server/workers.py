@@ -25,6 +25,22 @@ from .settings import Settings
 log = logging.getLogger("parley.server")
 
 
+def uvicorn_options(settings: Settings) -> dict[str, object]:
+    """How Parley runs uvicorn (`parley serve`, each worker, and the benchmarks' server)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "ssl_certfile": settings.ssl_certfile,
+        "ssl_keyfile": settings.ssl_keyfile,
+        "ws_max_size": settings.max_frame_bytes,
+        "ws_ping_interval": 20.0,
+        "ws_ping_timeout": 20.0,
+        "ws_per_message_deflate": settings.ws_compression,
+        "log_level": settings.log_level,
+        "access_log": False,
+    }
+
+
 def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -54,7 +70,6 @@ def serve_worker(settings: Settings, index: int, *, in_group: bool = True, super
     import uvicorn
 
     from .app import create_app
-    from .cli import uvicorn_options
     from .graceful import GracefulServer
     from .logs import configure
 

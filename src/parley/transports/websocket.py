@@ -15,7 +15,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..protocol.errors import ProtocolError
 from ..protocol.ids import IdFactory
-from ..server.auth import header_key
 
 log = logging.getLogger("parley.ws")
 
@@ -54,10 +53,9 @@ def offered_protocols(ws: WebSocket) -> list[str]:
     return [p.strip() for p in ws.scope.get("subprotocols", [])]
 
 
-def presented_key(ws: WebSocket) -> str | None:
-    key = header_key(ws.headers)
-    if key:
-        return key
+def subprotocol_key(ws: WebSocket) -> str | None:
+    """The key a browser presents as an `openai-insecure-api-key.<key>` subprotocol (browsers
+    cannot set headers); the server reads the headers' key first (server/auth.py)."""
     for proto in offered_protocols(ws):
         if proto.startswith(KEY_PROTOCOL):
             return proto[len(KEY_PROTOCOL):]
