@@ -27,6 +27,11 @@ class AudioStore:
             self._items.popitem(last=False)
         return audio_id, int(expires_at)
 
+    def put_transcript(self, audio_id: str, transcript: str) -> None:
+        """Fill in the transcript of an id handed out before the answer was complete (streaming)."""
+        if audio_id in self._items:
+            self._items[audio_id] = (self._items[audio_id][0], transcript)
+
     def get(self, audio_id: str, *, now: float) -> str | None:
         entry = self._items.get(audio_id)
         if entry is None or entry[0] <= now:
