@@ -27,6 +27,7 @@ __all__ = ["OUT_RATE", "api_error", "app_state", "count_request", "decode_upload
            "require_api_key", "speak", "speech_voice"]
 
 OUT_RATE = 24000  # the hosted API's speech is 24 kHz mono
+PIECE_SAMPLES = OUT_RATE // 10  # audio goes out in pieces of at most 100 ms, so the first leaves early
 
 REST_REQUESTS = Counter("parley_rest_requests_total", "REST audio and chat requests answered, by route and status",
                         ["route", "status"])
@@ -90,8 +91,8 @@ async def speak(tts: TTSEngine, text: str, *, voice: str, speed: float = 1.0) ->
     for piece in sentences(text):
         async for chunk in tts.synthesize(piece, voice=voice, speed=speed):
             out = resampler.push(np.frombuffer(chunk, dtype="<i2").astype(np.int16))
-            if out.size:
-                yield out
+            for start in range(0, out.size, PIECE_SAMPLES):  # an engine may send a whole clause at once
+                yield out[start:start + PIECE_SAMPLES]
     tail = resampler.flush()
     if tail.size:
         yield tail
