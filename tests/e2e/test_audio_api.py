@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI, BadRequestError
 
+from tests.e2e.test_speech import wer
 from tests.support.parley_server import ParleyServer
 from tests.support.scripted_llm import Text, ToolCall
 from tests.support.speech import make_speech
@@ -56,16 +57,6 @@ def av_samples(data: bytes) -> tuple[np.ndarray, int]:
         frames = [f.to_ndarray().reshape(f.layout.nb_channels if f.format.is_planar else 1, -1)[0]
                   for f in container.decode(stream)]
         return np.concatenate(frames).astype(np.float64), stream.rate
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    ref, hyp = reference.lower().split(), hypothesis.lower().split()
-    d = np.zeros((len(ref) + 1, len(hyp) + 1), dtype=int)
-    d[:, 0], d[0, :] = range(len(ref) + 1), range(len(hyp) + 1)
-    for i in range(1, len(ref) + 1):
-        for j in range(1, len(hyp) + 1):
-            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]))
-    return d[len(ref), len(hyp)] / max(len(ref), 1)
 
 
 # ---- speech ------------------------------------------------------------------------------------
