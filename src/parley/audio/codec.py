@@ -32,11 +32,12 @@ class _Codec:
     codec: str
     rate: int | None  # the encoder's own rate, when it needs one (opus: 48 kHz)
     bit_rate: int | None = None
+    options: dict[str, str] | None = None  # the muxer's options
 
 
 _CODECS = {
     "mp3": _Codec("mp3", "libmp3lame", None, 64_000),
-    "opus": _Codec("ogg", "libopus", 48000, 32_000),
+    "opus": _Codec("ogg", "libopus", 48000, 32_000, {"page_duration": "100000"}),  # an Ogg page per 100 ms, not 1 s
     "aac": _Codec("adts", "aac", None, 64_000),
     "flac": _Codec("flac", "flac", None),
 }
@@ -109,7 +110,7 @@ class StreamEncoder:
         import av
 
         self._sink = _Sink()
-        self._container = av.open(self._sink, mode="w", format=spec.container)
+        self._container = av.open(self._sink, mode="w", format=spec.container, options=spec.options or {})
         stream = self._container.add_stream(spec.codec, rate=spec.rate or self.rate)
         stream.layout = "mono"
         if spec.bit_rate:
