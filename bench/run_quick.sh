@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
-for script in micro latency capacity barge_in end_to_end webrtc_calls scaleout; do
+for script in micro latency capacity barge_in end_to_end webrtc_calls scaleout audio_api; do
     echo "== bench/${script}.py --quick"
     timeout 120 "$PY" "bench/${script}.py" --quick
 done

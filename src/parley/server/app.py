@@ -21,9 +21,11 @@ from ..cluster.local import LocalShared
 from ..engines.registry import build_engines
 from ..runtime.limits import TokenLimiter
 from ..transports.ice_ports import limit_ice_ports
+from .audio_routes import router as audio_router
 from .auth import Keys
 from .calls import router as calls_router
 from .forwarding import is_forwarded
+from .chat_completions import router as chat_router
 from .playground import router as playground_router
 from .realtime_ws import realtime_websocket
 from .rest import router
@@ -36,20 +38,27 @@ from .state import AppState
 log = logging.getLogger("parley.server")
 
 
-class BodyLimit:
-    """Refuse REST bodies over `max_bytes` (413), by Content-Length and while streaming."""
+# the routes whose bodies carry audio, and so may be as large as `max_audio_upload_bytes`
+AUDIO_UPLOAD_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations", "/v1/chat/completions"})
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyLimit:
+    """Refuse REST bodies over `max_bytes` (`audio_max_bytes` on the audio upload routes) with
+    413, by Content-Length and while streaming (a chunked body stops being read at the cap)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, audio_max_bytes: int | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max = max_bytes
+        self.audio_max = max_bytes if audio_max_bytes is None else audio_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.audio_max if scope.get("path") in AUDIO_UPLOAD_PATHS else self.default_max
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _too_large(send, self.max_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            await _too_large(send, max_bytes)
             return
         seen = 0
 
@@ -57,14 +66,14 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > max_bytes:
                 raise _BodyTooLarge
             return message
 
         try:
             await self.app(scope, limited, send)
         except _BodyTooLarge:
-            await _too_large(send, self.max_bytes)
+            await _too_large(send, max_bytes)
 
 
 class _BodyTooLarge(Exception):
@@ -173,7 +182,7 @@ def create_app(settings: Settings | None = None, *, worker: int = 0) -> FastAPI:
         limit_ice_ports(settings.ice_port_min or 1024, settings.ice_port_max or 65535)
     app = FastAPI(title="Parley", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.parley = state
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, audio_max_bytes=settings.max_audio_upload_bytes)
     if shared.clustered:
         app.add_middleware(InternalPortGuard, state=state, port=settings.internal_port + worker)
     app.add_middleware(
@@ -185,6 +194,8 @@ def create_app(settings: Settings | None = None, *, worker: int = 0) -> FastAPI:
         max_age=600,
     )
     app.include_router(router)
+    app.include_router(audio_router)
+    app.include_router(chat_router)
     app.include_router(calls_router)
     app.include_router(sip_router)
     if settings.playground:

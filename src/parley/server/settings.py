@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     api_keys: CommaList = Field(default_factory=list)
     cors_origins: CommaList = Field(default_factory=lambda: ["*"])  # browser origins allowed to call the REST API
     max_body_bytes: int = 1024 * 1024  # REST request bodies
+    # bodies of the routes that carry audio (transcriptions, translations, chat completions): 25 MiB,
+    # the hosted API's upload limit
+    max_audio_upload_bytes: int = 25 * 1024 * 1024
 
     # the language model
     llm_base_url: str | None = None
