@@ -113,3 +113,45 @@ def test_engines_turned_off_are_not_missing(scripted_llm) -> None:
     with ParleyServer(env, name="nospeech") as server:
         body = _wait_ready(server)
     assert body["status"] == "ready" and body["missing_engines"] == []
+
+
+async def _espeak_reference(text: str, voice: str, language: str | None) -> np.ndarray:
+    """What the embedded espeak engine says for `text`, at the session's 24 kHz."""
+    from parley.audio.resample import resample
+    from parley.engines.tts_espeak import EspeakTTS
+
+    tts = EspeakTTS()
+    pcm = np.frombuffer(b"".join([c async for c in tts.synthesize(text, voice=voice, language=language)]), dtype=np.int16)
+    return resample(pcm, tts.sample_rate, 24000).astype(np.float64)
+
+
+def _similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak normalised cross-correlation of two signals' envelopes (10 ms RMS), in [0, 1]."""
+    def env(x: np.ndarray) -> np.ndarray:
+        x = x[: len(x) // 240 * 240].reshape(-1, 240)
+        e = np.sqrt((x ** 2).mean(axis=1))
+        return (e - e.mean()) / (e.std() or 1.0)
+    ea, eb = env(a), env(b)
+    n = max(len(ea), len(eb))
+    return float(np.max(np.correlate(np.pad(ea, (0, n - len(ea))), np.pad(eb, (0, n - len(eb))), "full")) / n)
+
+
+async def test_the_language_the_stt_detects_is_the_language_espeak_speaks(scripted_llm, llm) -> None:
+    """No language configured: the STT server says the turn was Spanish, so the answer is spoken
+    with espeak-ng's Spanish voice (the voice's variant kept), not with the English one."""
+    reply = "Muy bien gracias"
+    with ScriptedSTTServer() as stt:
+        stt.streaming = "ignore"  # a JSON answer that names the language, as Whisper servers give
+        stt.enqueue(SpokenText("hola que tal", language="es"))
+        env = {"PARLEY_LLM_BASE_URL": scripted_llm.base_url, "PARLEY_STT_BASE_URL": stt.base_url,
+               "PARLEY_TTS_ENGINE": "espeak"}
+        with ParleyServer(env, name="detected-language") as server:
+            _wait_ready(server)
+            events = await _voice_turn(server, llm, reply, {"model": "gpt-4o-transcribe"})
+    assert "language" not in stt.requests[0] or stt.requests[0]["language"] in (None, "")
+    assert next(e for e in events if e["type"] == "response.done")["response"]["status"] == "completed"
+    audio = np.frombuffer(b"".join(base64.b64decode(e["delta"]) for e in events
+                                   if e["type"] == "response.output_audio.delta"), dtype=np.int16).astype(np.float64)
+    spanish = _similarity(audio, await _espeak_reference(reply, "alloy", "es"))
+    english = _similarity(audio, await _espeak_reference(reply, "alloy", None))
+    assert spanish > 0.9 and spanish > english + 0.1, (spanish, english)

@@ -1251,3 +1251,23 @@ def test_the_transcription_language_reaches_the_speech_plan() -> None:
     h2.update(audio={"input": {"transcription": {"model": "whisper-1", "language": "es"}}})
     h2.user_text("hola")
     assert start_of(h2.create_response()).plan.language == "es"
+
+
+def test_the_detected_language_of_the_last_user_turn_reaches_the_speech_plan() -> None:
+    h = Harness()
+    h.update(audio={"input": {"turn_detection": None}})
+
+    def spoken_turn(text: str, language: str | None) -> StartResponse:
+        h.append(pcm(200))
+        item_id = events(h.client({"type": "input_audio_buffer.commit"}))[0]["item_id"]
+        h.runtime(TranscriptDone(item_id, text, language=language))
+        outs = h.create_response()
+        h.runtime(ModelDone(response_id_of(outs)))
+        return start_of(outs)
+
+    assert spoken_turn("hola, ¿qué tal?", "es").plan.language == "es"
+    assert spoken_turn("guten Tag", "de").plan.language == "de", "the latest turn's language wins"
+    assert spoken_turn("", "en").plan.language == "de", "an empty transcript says nothing of the language"
+    assert spoken_turn("ja", None).plan.language == "de", "an engine that detects nothing keeps the last one"
+    h.update(audio={"input": {"transcription": {"model": "whisper-1", "language": "fr"}}})
+    assert spoken_turn("bonjour", "en").plan.language == "fr", "the configured language comes first"

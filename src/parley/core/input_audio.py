@@ -80,6 +80,7 @@ class InputAudio:
         self._turn_start_ms = 0.0
         self.pending_transcripts: set[str] = set()
         self.heard: dict[str, str] = {}  # user audio item id -> transcript, for the model
+        self.heard_language: str | None = None  # the language of the latest transcribed user turn
         self.idle_deadline_ms: float | None = None
         self._configure_turns()
 
@@ -281,6 +282,8 @@ class InputAudio:
             return []
         self.pending_transcripts.discard(inp.item_id)
         self.heard[inp.item_id] = inp.text
+        if inp.language and inp.text.strip():
+            self.heard_language = inp.language
         out: list[Output] = []
         if self._transcript_events_wanted():
             item = self.conversation.get(inp.item_id)

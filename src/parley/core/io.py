@@ -29,7 +29,9 @@ class ResponsePlan:
     voice: str
     speed: float
     output_format: dict[str, Any]
-    language: str | None = None  # the session's `audio.input.transcription.language`, spoken by the TTS
+    # the language the TTS speaks: the session's `audio.input.transcription.language`, else the one
+    # the STT engine detected in the latest user turn (None: the voice's own)
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ class TranscriptDone:
     item_id: str
     text: str
     usage: dict[str, Any] | None = None
+    language: str | None = None  # the language the STT engine detected (or was told), if it says
 
 
 @dataclass(frozen=True)

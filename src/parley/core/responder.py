@@ -212,7 +212,7 @@ class Responder:
         transcription = (config.get("audio", {}).get("input") or {}).get("transcription") or {}
         plan = ResponsePlan(request=request, modality=run.modality, voice=run.voice,
                             speed=pending.speed, output_format=dict(run.output_format),
-                            language=transcription.get("language") or None)
+                            language=transcription.get("language") or self.listening.heard_language)
         return [StartResponse(run.id, plan)]
 
     # ---- MCP calls between model calls -------------------------------------------------------

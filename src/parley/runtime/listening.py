@@ -120,7 +120,7 @@ async def run_transcription(job: Transcribe, engine: stt_api.STTEngine | None, p
                 usage = {"type": "tokens", "input_tokens": final.input_tokens, "output_tokens": final.output_tokens,
                          "total_tokens": final.input_tokens + final.output_tokens,
                          "input_token_details": {"text_tokens": 0, "audio_tokens": final.input_tokens}}
-            await put(TranscriptDone(job.item_id, final.text, usage))
+            await put(TranscriptDone(job.item_id, final.text, usage, language=final.language))
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - one failed transcript must not end the session
